@@ -1,0 +1,1 @@
+"""Sampling: the mask engine, the forward-noising rules and the family adapters."""

@@ -1,0 +1,105 @@
+"""Write: the output file, atomically (temporary file in the same folder, then rename), with metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from diffdiff_cli.errors import InputError
+
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+TEMP_PREFIX = ".diffdiff-tmp-"
+_USER_COMMENT = 0x9286  # EXIF UserComment, where A1111 keeps its parameters in JPEG and WebP
+
+
+def output_format(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise InputError(f"-o {path}: unsupported extension {suffix or '(none)'!r}; use .png, .jpg, .jpeg or .webp")
+    return FORMATS[suffix]
+
+
+def check_output_path(output: str, inputs: list[str]) -> None:
+    """Refuse to overwrite an input; the folder must exist and be writable."""
+    output_format(output)
+    out = Path(output)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"-o {output}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"-o {output}: folder {folder} is not writable")
+    if out.is_dir():
+        raise InputError(f"-o {output}: is a folder; give a file name such as {out / 'edited.png'}")
+    for source in inputs:
+        if out.resolve() == Path(source).resolve():
+            raise InputError(f"-o {output}: is the input image; choose another output name")
+
+
+def a1111_parameters(settings: dict) -> str:
+    """The `parameters` text A1111 and most image viewers' AI-metadata readers understand."""
+    lines = [settings["prompt"]]
+    if settings.get("negative_prompt"):
+        lines.append(f"Negative prompt: {settings['negative_prompt']}")
+    fields = {
+        "Steps": settings["steps"],
+        "Sampler": settings["sampler"],
+        "CFG scale": settings["guidance"],
+        "Seed": settings["seed"],
+        "Size": f"{settings['width']}x{settings['height']}",
+        "Model": settings["model"],
+        "Denoising strength": settings["strength"],
+        "Diffdiff schedule": settings["schedule"],
+        "Diffdiff hardness": settings["hardness"],
+        "Diffdiff map": settings["map"],
+        "Diffdiff invert map": settings["invert_map"],
+        "Version": f"diffdiff {settings['diffdiff_version']}",
+    }
+    lines.append(", ".join(f"{k}: {_field(v)}" for k, v in fields.items()))
+    return "\n".join(lines)
+
+
+def _field(value) -> str:
+    text = str(value)
+    return json.dumps(text) if ("," in text or ":" in text or "\n" in text) else text
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_atomically(image: Image.Image, path: str, settings: dict) -> None:
+    """Write `image` to `path` so that `path` is either absent, the old file, or the complete new one."""
+    fmt = output_format(path)
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if fmt == "JPEG" and image.mode not in ("RGB", "L", "CMYK"):
+        image = image.convert("RGB")  # JPEG keeps no alpha or palette
+    save_args: dict = {}
+    parameters = a1111_parameters(settings)
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("parameters", parameters)
+        info.add_itxt("diffdiff", json.dumps(settings, sort_keys=True))
+        save_args["pnginfo"] = info
+    else:
+        exif = Image.Exif()
+        exif[_USER_COMMENT] = b"UNICODE\0" + parameters.encode("utf-16-be")
+        save_args["exif"] = exif.tobytes()
+        save_args["quality"] = 95
+    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=target.suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format=fmt, **save_args)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, 0o666 & ~_umask())
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
