@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo demo-model demo-check test test-slow clean
 
 install: $(STAMP)
 
@@ -19,11 +19,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The built-in `demo` model (trained here, shipped in diffdiff_cli/models/demo/): a yellow circle on a blue
+# background, map black | ramp | white from left to right, prompt naming a green background.
 demo: install
 	mkdir -p out
-	$(BIN)/diffdiff edit demo/photo.png --map sample_masks/sky-top-down.png \
-		--prompt "a stormy sky with dark clouds" --steps 20 --seed 1 --offline -o out/demo.png
-	@echo "demo: wrote out/demo.png (input demo/photo.png, map sample_masks/sky-top-down.png)"
+	$(BIN)/python training/demo.py inputs out
+	$(BIN)/diffdiff edit out/demo-photo.png --map out/demo-map.png --model demo \
+		--prompt "a yellow circle on a green background" --steps 20 --seed 1 --offline -o out/demo.png
+	$(BIN)/python training/demo.py strip out
+
+# Retrain the `demo` model from scratch on CPU (about an hour, one thread; resumes from training/work/).
+demo-model: install
+	$(BIN)/python training/train.py
+
+# Measure the `demo` model: colour words, left-half edit, gradient map (training/check.py).
+demo-check: install
+	$(BIN)/python training/check.py --out out/demo-check
 
 test: install
 	$(BIN)/python -m pytest -q

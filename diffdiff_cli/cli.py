@@ -10,12 +10,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from diffdiff_cli import __version__
 from diffdiff_cli.errors import DiffdiffError, InputError
+from diffdiff_cli.map_options import (
+    DitherOpt, MapBlurOpt, MapChannelOpt, MapGammaOpt, MapGrowOpt, MapLevelsOpt, MapMaxOpt, MapMinOpt, StrictSizeOpt, map_settings,
+)
 from diffdiff_cli.schedulers import SCHEDULERS
 
 app = typer.Typer(
@@ -51,80 +54,183 @@ def root(
 # Options shared by `edit` and `plan`.
 ModelOpt = typer.Option("tiny-sd15", "--model", "-m", help="Built-in name, alias (sd15, sd21, ...), hub id, diffusers folder or .safetensors file.")
 SchedulerOpt = typer.Option(None, "--scheduler", help=SCHEDULER_HELP)
-StepsOpt = typer.Option(30, "--steps", help="Sampler steps (before --strength cuts the schedule).")
+StepsOpt = typer.Option(None, "--steps", help="Sampler steps before --strength cuts the schedule. Default: 30 (4 for turbo/schnell aliases).")
 StrengthOpt = typer.Option(1.0, "--strength", help="Global strength in (0, 1]; a pixel with map value c changes about as much as img2img at c x strength.")
 ScheduleOpt = typer.Option("timestep", "--schedule", help="Threshold rule: 'timestep' (ComfyUI's node, default) or 'steps' (the paper's code).")
 InvertOpt = typer.Option(False, "--invert-map", help="Read the map as white = keep (maps made for the paper's code or diffusers' community pipelines).")
 OfflineOpt = typer.Option(False, "--offline", help="Never download: use built-ins, local files and the Hugging Face cache only.")
 ModelConfigOpt = typer.Option(None, "--model-config", help="For a .safetensors file: a diffusers folder whose configs (and tokenizer) match it.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+RefinerOpt = typer.Option(None, "--refiner", help="An SDXL refiner that takes over the end of the schedule (one threshold ramp across both).")
+RefinerStartOpt = typer.Option(0.8, "--refiner-start", help="Share of the schedule the base model runs before the refiner takes over.")
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | mps.")
+DtypeOpt = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, fp16 on GPUs) | fp32 | fp16 | bf16.")
+OffloadOpt = typer.Option("none", "--offload", help="none | model (whole models to the GPU in turn) | sequential (layer by layer, least memory).")
 
 
 @app.command()
 def edit(
-    image: str = typer.Argument(..., help="The image to edit."),
-    map_path: str = typer.Option(..., "--map", help="Change map: white = change fully, black = keep exactly, grey = in between."),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="What the changed areas should show."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output file (.png, .jpg, .webp). Default: <image stem>-edited.png beside the image."),
+    ctx: typer.Context,
+    images: Optional[List[str]] = typer.Argument(None, help="Images to edit (shell globs welcome; - reads one from standard input)."),
+    map_path: Optional[str] = typer.Option(None, "--map", help="Change map (white = change fully, black = keep exactly), or a template per image: 'masks/{stem}.png' ({stem}, {name}, {parent})."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the changed areas should show."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output file for a single image (.png, .jpg, .webp; - = PNG to stdout). Default: <stem>-edited.png beside the image."),
+    out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Folder for the outputs of many images (named by --name)."),
+    name: str = typer.Option("{stem}-edited.png", "--name", help="Output name template: {stem}, {name}, {parent}, {ext}, {seed}, {index}."),
+    manifest: Optional[str] = typer.Option(None, "--manifest", help="Jobs file (.jsonl, or .csv with a header): input, map, output, prompt, negative_prompt, seed, strength, hardness, steps, guidance per line."),
+    like: Optional[str] = typer.Option(None, "--like", help="Reuse the settings (and seed) recorded in an earlier output; flags given here override them."),
     negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
     model: str = ModelOpt,
     scheduler: Optional[str] = SchedulerOpt,
-    steps: int = StepsOpt,
-    guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale (1 or less turns it off)."),
+    steps: Optional[int] = StepsOpt,
+    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Guidance scale (1 or less turns classifier-free guidance off). Default: the family's (SD 7.5, SDXL 5, SD3 7, Flux 3.5)."),
     strength: float = StrengthOpt,
     hardness: float = typer.Option(1.0, "--hardness", help="1 = binary per-step masks (default), 0 = the map as a fully soft mask, between = a mix."),
     schedule: str = ScheduleOpt,
     invert_map: bool = InvertOpt,
+    map_channel: str = MapChannelOpt,
+    map_levels: Optional[str] = MapLevelsOpt,
+    map_gamma: float = MapGammaOpt,
+    map_min: float = MapMinOpt,
+    map_max: float = MapMaxOpt,
+    map_grow: float = MapGrowOpt,
+    map_blur: float = MapBlurOpt,
+    dither: bool = DitherOpt,
+    strict_size: bool = StrictSizeOpt,
     paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back", help="Paste the original pixels back where the map is 0 (bit-identical), feathered into low-change areas."),
     paste_feather: float = typer.Option(0.1, "--paste-feather", help="Map level at which the generated pixels fully replace the original (0 = only map 0 is pasted back)."),
-    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed (default: a new one, printed and recorded)."),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Base seed; each image's seed follows from it and the image's content (default: random; every seed used is printed and recorded)."),
     offline: bool = OfflineOpt,
     model_config: Optional[str] = ModelConfigOpt,
+    refiner: Optional[str] = RefinerOpt,
+    refiner_start: float = RefinerStartOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    offload: str = OffloadOpt,
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode and encode in tiles: large images in less memory."),
+    no_t5: bool = typer.Option(False, "--no-t5", help="SD3: leave the T5 text encoder out (less memory, weaker prompts)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .ckpt/.pt/.bin checkpoints (read with torch's weights_only loader)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave images whose output already exists alone (a rerun redoes nothing)."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first image that fails (default: report it and go on)."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Run the valid images even when others are missing or unreadable (default: stop before loading the model)."),
+    report_path: Optional[str] = typer.Option(None, "--report", help="Append one JSON line per image (input, map, output, seed, status, error, seconds) to this file."),
     json_out: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notices on stderr (errors, warnings and the seed still print)."),
 ) -> None:
-    """Edit IMAGE where --map says, as much as it says, towards --prompt."""
-    from diffdiff_cli.edit import EditSettings, edit_file
-    from diffdiff_cli.load import check_image_header
+    """Edit IMAGES where --map says, as much as it says, towards --prompt. One model load for all of them."""
+    options = {k: v for k, v in locals().items() if k != "ctx"}
+    from diffdiff_cli import batch
+    from diffdiff_cli.edit import EditSettings, new_seed
+    from diffdiff_cli.models.load import Runtime, load_model
     from diffdiff_cli.models.registry import resolve_model
     from diffdiff_cli.progress import Reporter
-    from diffdiff_cli.write import check_output_path
 
+    exact_seed = None
+    if like is not None:
+        exact_seed = _apply_like(ctx, options, like)
+    o = options
+    if not o["images"] and not o["manifest"]:
+        raise InputError("give at least one IMAGE to edit (or --manifest FILE); see 'diffdiff edit --help'")
+    if o["prompt"] is None:
+        raise InputError("--prompt is required (or --like an earlier output)")
+    if o["output"] == "-" and o["json_out"]:
+        raise InputError("-o - writes the image to stdout, so --json cannot share it; use --report FILE")
+    steps_, guidance_ = _model_defaults(o["model"], o["steps"], o["guidance"])
     settings = EditSettings(
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        model=model,
-        scheduler=scheduler,
-        steps=steps,
-        guidance=guidance,
-        strength=strength,
-        hardness=hardness,
-        schedule=schedule,
-        invert_map=invert_map,
-        paste_back=paste_back,
-        paste_feather=paste_feather,
-        seed=seed,
+        prompt=o["prompt"],
+        negative_prompt=o["negative_prompt"],
+        model=o["model"],
+        scheduler=o["scheduler"],
+        steps=steps_,
+        guidance=guidance_,
+        strength=o["strength"],
+        hardness=o["hardness"],
+        schedule=o["schedule"],
+        **map_settings(
+            o["invert_map"], o["map_channel"], o["map_levels"], o["map_gamma"], o["map_min"], o["map_max"],
+            o["map_grow"], o["map_blur"], o["dither"],
+        ),
+        strict_size=o["strict_size"],
+        paste_back=o["paste_back"],
+        paste_feather=o["paste_feather"],
+        refiner_start=o["refiner_start"],
     )
     settings.validate()
-    if output is None:
-        source = Path(image)
-        output = str(source.with_name(f"{source.stem}-edited.png"))
-    check_image_header(image, "image")
-    check_image_header(map_path, "--map")
-    check_output_path(output, [image])
-    source_model = resolve_model(model)
-    if model_config is not None and not Path(model_config).is_dir():
-        raise InputError(f"--model-config {model_config}: no such folder")
+    runtime = Runtime(device=o["device"], dtype=o["dtype"], offload=o["offload"], vae_tiling=o["vae_tiling"], no_t5=o["no_t5"])
+    runtime.validate()
+    source_model = resolve_model(o["model"], allow_pickle=o["allow_pickle"])
+    refiner_model = None if o["refiner"] is None else resolve_model(o["refiner"], allow_pickle=o["allow_pickle"])
+    if o["model_config"] is not None and not Path(o["model_config"]).is_dir():
+        raise InputError(f"--model-config {o['model_config']}: no such folder")
 
-    reporter = Reporter(quiet=quiet)
-    reporter.notice(f"loading model {model}")
-    from diffdiff_cli.models.load import load_model
+    reporter = Reporter(quiet=o["quiet"])
+    base_seed = o["seed"] if o["seed"] is not None else new_seed()
+    stdin_path = batch.read_stdin_to_temp() if "-" in (o["images"] or []) else None
+    try:
+        request = batch.JobRequest(
+            inputs=list(o["images"] or []), map_template=o["map_path"], output=o["output"], out_dir=o["out_dir"],
+            name_template=o["name"], base_seed=base_seed, manifest=o["manifest"],
+        )
+        jobs, invalid = batch.plan_jobs(request, stdin_path)
+        if exact_seed is not None and o["seed"] is None:
+            for job in jobs:
+                job.seed = job.overrides.get("seed", exact_seed)
+        total = len(jobs) + len(invalid)
+        if invalid and not o["skip_invalid"]:
+            more = f" ({len(invalid)} of {total} inputs are bad; nothing was run; --skip-invalid runs the rest)" if total > 1 else ""
+            raise InputError(invalid[0].error + more)
+        jobs, rank, world = batch.shard(jobs)
+        invalid, _, _ = batch.shard(invalid)
+        if o["seed"] is None and exact_seed is None and total > 1:
+            reporter.notice(f"base seed {base_seed}")
 
-    loaded = load_model(source_model, offline=offline, model_config=model_config)
-    record = edit_file(loaded, settings, image, map_path, output, reporter)
-    print(f"diffdiff: wrote {output} (seed {record['seed']}, {record['seconds']:.1f} s)", file=sys.stderr, flush=True)
-    if json_out:
-        print(json.dumps(record, sort_keys=True), flush=True)
+        def load():
+            reporter.notice(f"loading model {o['model']}")
+            return load_model(source_model, offline=o["offline"], model_config=o["model_config"], runtime=runtime, refiner=refiner_model)
+
+        report = batch.Report(o["report_path"], to_stdout=o["json_out"])
+        try:
+            summary = batch.run_jobs(
+                jobs, invalid, settings, load, reporter, report, fail_fast=o["fail_fast"], skip_existing=o["skip_existing"]
+            )
+        finally:
+            report.close()
+    finally:
+        if stdin_path is not None:
+            os.unlink(stdin_path)
+    if total > 1 or summary.exit_code != 0 or world > 1:
+        print(summary.line(rank, world), file=sys.stderr, flush=True)
+    raise typer.Exit(summary.exit_code)
+
+
+# Settings `--like` takes from an earlier output's record, by command-line parameter name.
+_LIKE_KEYS = (
+    "prompt", "negative_prompt", "model", "steps", "guidance", "strength", "hardness", "schedule", "invert_map",
+    "map_channel", "map_levels", "map_gamma", "map_min", "map_max", "map_grow", "map_blur", "dither",
+    "paste_back", "paste_feather", "refiner_start",
+)
+
+
+def _apply_like(ctx: typer.Context, options: dict, path: str) -> int | None:
+    """Fill every option not given on the command line from the output's record; return its seed."""
+    from diffdiff_cli.write import read_recorded
+
+    record, _ = read_recorded(path, "--like")
+    if record is None:
+        raise InputError(f"--like {path}: carries no diffdiff settings (only files written by diffdiff edit do)")
+
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    for key in _LIKE_KEYS:
+        if key in record and not given(key):
+            options[key] = record[key]
+    if not given("scheduler") and record.get("scheduler") not in (None, "default"):
+        options["scheduler"] = record["scheduler"]
+    if not given("map_path") and record.get("map"):
+        options["map_path"] = record["map"]
+    return record.get("seed")
 
 
 @app.command()
@@ -132,53 +238,93 @@ def plan(
     map_path: Optional[str] = typer.Option(None, "--map", help="Change map, to report the share of pixels free at each evaluation."),
     model: str = ModelOpt,
     scheduler: Optional[str] = SchedulerOpt,
-    steps: int = StepsOpt,
+    steps: Optional[int] = StepsOpt,
     strength: float = StrengthOpt,
     schedule: str = ScheduleOpt,
     invert_map: bool = InvertOpt,
+    map_channel: str = MapChannelOpt,
+    map_levels: Optional[str] = MapLevelsOpt,
+    map_gamma: float = MapGammaOpt,
+    map_min: float = MapMinOpt,
+    map_max: float = MapMaxOpt,
+    map_grow: float = MapGrowOpt,
+    map_blur: float = MapBlurOpt,
+    dither: bool = DitherOpt,
     offline: bool = OfflineOpt,
     model_config: Optional[str] = ModelConfigOpt,
+    refiner: Optional[str] = typer.Option(None, "--refiner", help="Mark the evaluations an SDXL refiner would take (the refiner is not loaded)."),
+    refiner_start: float = RefinerStartOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Show the schedule a run would use, one row per model evaluation, without loading weights."""
     from diffdiff_cli.edit import EditSettings
     from diffdiff_cli.models.registry import resolve_model
 
-    EditSettings(prompt="", model=model, scheduler=scheduler, steps=steps, strength=strength, schedule=schedule).validate()
+    steps, _ = _model_defaults(model, steps, None)
+    settings = EditSettings(
+        prompt="", model=model, scheduler=scheduler, steps=steps, strength=strength, schedule=schedule, refiner_start=refiner_start,
+        **map_settings(invert_map, map_channel, map_levels, map_gamma, map_min, map_max, map_grow, map_blur, dither),
+    )
+    settings.validate()
     if map_path is not None:
         from diffdiff_cli.load import check_image_header
 
         check_image_header(map_path, "--map")
     source_model = resolve_model(model)
 
+    from diffdiff_cli.dither import strength_levels
     from diffdiff_cli.load import load_map
     from diffdiff_cli.models.load import read_configs
-    from diffdiff_cli.plan import banding_warning, plan_run, prepare_scheduler
-    from diffdiff_cli.prepare_map import prepare_map
-    from diffdiff_cli.sample.noising import DiscreteTimeNoising
-    from diffdiff_cli.schedulers import make_scheduler
+    from diffdiff_cli.plan import banding_warning, schedule_run
+    from diffdiff_cli.prepare_map import MapShaping, dither_prepared, prepare_map
 
     configs = read_configs(source_model, offline=offline, model_config=model_config)
-    sched = make_scheduler(configs.scheduler_config, scheduler)
-    timesteps = prepare_scheduler(sched, steps, strength)
-    the_plan = plan_run(timesteps, sched.order, DiscreteTimeNoising(sched), schedule)
-    change = None
+    family, factor = configs.family, configs.vae_scale_factor
+    prepared = None
+    latent_shape = (family.default_size // factor,) * 2
     if map_path is not None:
-        raw = load_map(map_path)
-        change = prepare_map(raw, (raw.shape[1], raw.shape[0]), configs.vae_scale_factor, invert=invert_map).latent
+        raw = load_map(map_path, settings.map_channel)
+        prepared = prepare_map(
+            raw, (raw.shape[1], raw.shape[0]), factor, multiple=factor * family.patch, shaping=MapShaping.from_settings(settings)
+        )
+        latent_shape = prepared.latent.shape
+    _, _, the_plan = schedule_run(
+        family, configs.scheduler_config, scheduler, steps, strength, schedule, latent_shape,
+        refiner_start=refiner_start if refiner else None,
+    )
+    change = None
+    if prepared is not None:
+        change = (dither_prepared(prepared, the_plan.thresholds) if dither else prepared).latent
         warning = banding_warning(the_plan, change)
         if warning:
             print(f"diffdiff: warning: {warning}", file=sys.stderr)
     report = the_plan.to_json(change)
-    report.update(model=model, scheduler=scheduler or configs.scheduler_config.get("_class_name"), strength=strength)
+    report.update(model=model, family=family.name, scheduler=scheduler or configs.scheduler_config.get("_class_name"), strength=strength)
+    report.update(strength_levels=strength_levels(the_plan.thresholds).tolist(), dither=dither)
     if json_out:
         print(json.dumps(report))
         return
     _print_plan_table(report)
 
 
-def _print_plan_table(report: dict) -> None:
+def _stdout_console():
+    """Tables for stdout: the terminal's width, or wide enough not to wrap when piped to a file."""
     from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _model_defaults(model: str, steps: int | None, guidance: float | None) -> tuple[int, float | None]:
+    """Steps and guidance not given on the command line: the model's own defaults (few-step models), else 30."""
+    from diffdiff_cli.edit import DEFAULT_STEPS
+    from diffdiff_cli.models.registry import model_defaults
+
+    defaults = model_defaults(model)
+    steps = steps if steps is not None else defaults.get("steps", DEFAULT_STEPS)
+    return steps, guidance if guidance is not None else defaults.get("guidance")
+
+
+def _print_plan_table(report: dict) -> None:
     from rich.table import Table
 
     table = Table(
@@ -191,26 +337,51 @@ def _print_plan_table(report: dict) -> None:
         sigma = "-" if row["sigma"] is None else f"{row['sigma']:.4f}"
         share = "-" if row["free_share"] is None else f"{row['free_share']:.1%}"
         table.add_row(str(row["index"]), str(row["step"]), f"{row['timestep']:.2f}", sigma, f"{row['threshold']:.4f}", share)
-    Console().print(table)
+    _stdout_console().print(table)
+
+
+@app.command()
+def info(
+    files: List[str] = typer.Argument(..., help="Images written by diffdiff (or carrying A1111 parameters)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Print the settings recorded in outputs: prompt, seed, model, map and the rest."""
+    from diffdiff_cli.write import read_recorded
+
+    for path in files:
+        record, parameters = read_recorded(path, "info")
+        if record is None and parameters is None:
+            raise InputError(f"info {path}: carries no diffdiff settings or A1111 parameters")
+        if json_out:
+            print(json.dumps({"file": path, "settings": record, "parameters": parameters}, sort_keys=True))
+            continue
+        print(f"{path}:")
+        if record is None:
+            print("  " + parameters.replace("\n", "\n  "))
+            continue
+        for key in sorted(record):
+            print(f"  {key}: {record[key]}")
 
 
 @models_app.command("list")
 def models_list(json_out: bool = JsonOpt) -> None:
     """Built-in models (offline) and the aliases for real checkpoints."""
-    from diffdiff_cli.models.registry import ALIASES, BUILTINS
+    from diffdiff_cli.models.registry import ALIAS_INFO, BUILTINS
 
-    rows = [{"name": b.name, "kind": "built-in", "family": b.family, "source": b.description} for b in BUILTINS.values()]
-    rows += [{"name": alias, "kind": "alias", "family": "sd", "source": f"hub: {hub_id}"} for alias, hub_id in ALIASES.items()]
+    rows = [{"name": b.name, "kind": "built-in", "family": b.family, "size": "tiny", "source": b.description} for b in BUILTINS.values()]
+    rows += [
+        {"name": name, "kind": "alias", "family": alias.family, "size": alias.size, "source": alias.hub_id}
+        for name, alias in ALIAS_INFO.items()
+    ]
     if json_out:
         print(json.dumps(rows))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "kind", "family", "source")
+    table = Table("name", "kind", "family", "size", "source (hub id for aliases)")
     for row in rows:
-        table.add_row(row["name"], row["kind"], row["family"], row["source"])
-    Console().print(table)
+        table.add_row(row["name"], row["kind"], row["family"], row["size"], row["source"])
+    _stdout_console().print(table)
 
 
 @models_app.command("save")
@@ -285,3 +456,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"diffdiff: error: {type(e).__name__}: {message} (rerun with --debug for the traceback)", file=sys.stderr)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# `diffdiff map ...` and `diffdiff fan` live in their own module and register themselves on `app`.
+from diffdiff_cli import cli_map  # noqa: E402,F401

@@ -11,16 +11,15 @@ import numpy as np
 from diffdiff_cli import __version__
 from diffdiff_cli.errors import InputError
 from diffdiff_cli.finish import DEFAULT_PASTE_FEATHER, paste_back, restore_mode, to_uint8
-from diffdiff_cli.load import load_map, load_source
-from diffdiff_cli.plan import SCHEDULES, Plan, banding_warning, plan_run, prepare_scheduler
-from diffdiff_cli.prepare_map import pad_image, prepare_map
+from diffdiff_cli.load import MAP_CHANNELS, load_map, load_source
+from diffdiff_cli.plan import SCHEDULES, Plan, banding_warning, schedule_run
+from diffdiff_cli.prepare_map import MapShaping, dither_prepared, pad_image, prepare_map
 from diffdiff_cli.progress import Reporter
-from diffdiff_cli.schedulers import check_scheduler_name, make_scheduler, sampler_label
+from diffdiff_cli.schedulers import check_scheduler_name, sampler_label
 from diffdiff_cli.write import save_atomically
 
 DEFAULT_MODEL = "tiny-sd15"
 DEFAULT_STEPS = 30
-DEFAULT_GUIDANCE = 7.5
 
 
 @dataclass
@@ -30,14 +29,27 @@ class EditSettings:
     model: str = DEFAULT_MODEL
     scheduler: str | None = None  # None: the model's own
     steps: int = DEFAULT_STEPS
-    guidance: float = DEFAULT_GUIDANCE
+    guidance: float | None = None  # None: the family's usual scale
     strength: float = 1.0
     hardness: float = 1.0
     schedule: str = "timestep"
     invert_map: bool = False
+    map_channel: str = "luma"  # luma, alpha, red, green, blue
+    map_levels: str | None = None  # "LOW:HIGH"
+    map_gamma: float = 1.0
+    map_min: float = 0.0
+    map_max: float = 1.0
+    map_grow: float = 0.0  # pixels
+    map_blur: float = 0.0  # pixels (Gaussian standard deviation)
+    dither: bool = False
+    strict_size: bool = False
     paste_back: bool = True
     paste_feather: float = DEFAULT_PASTE_FEATHER
     seed: int | None = None
+    refiner_start: float = 0.8
+
+    def guidance_for(self, family) -> float:
+        return family.default_guidance if self.guidance is None else self.guidance
 
     def validate(self) -> None:
         """Range checks, each a one-line usage error naming the flag."""
@@ -47,7 +59,9 @@ class EditSettings:
             raise InputError(f"--strength {self.strength:g}: must be in (0, 1]; 1 lets white change fully")
         if not 0.0 <= self.hardness <= 1.0:
             raise InputError(f"--hardness {self.hardness:g}: must be in [0, 1]; 1 = binary masks, 0 = fully soft")
-        if self.guidance < 0:
+        if not 0.0 < self.refiner_start < 1.0:
+            raise InputError(f"--refiner-start {self.refiner_start:g}: must be between 0 and 1 (exclusive)")
+        if self.guidance is not None and self.guidance < 0:
             raise InputError(f"--guidance {self.guidance:g}: must be 0 or more")
         if not 0.0 <= self.paste_feather <= 1.0:
             raise InputError(f"--paste-feather {self.paste_feather:g}: must be in [0, 1]")
@@ -56,6 +70,9 @@ class EditSettings:
         if self.schedule not in SCHEDULES:
             raise InputError(f"--schedule {self.schedule}: choose one of: {', '.join(SCHEDULES)}")
         check_scheduler_name(self.scheduler)
+        if self.map_channel not in MAP_CHANNELS:
+            raise InputError(f"--map-channel {self.map_channel}: choose one of: {', '.join(MAP_CHANNELS)}")
+        MapShaping.from_settings(self).validate()
 
 
 def new_seed() -> int:
@@ -73,43 +90,55 @@ class EditResult:
     seconds: float
 
 
-def compute_edit(model, settings: EditSettings, image_path: str, map_path: str, reporter: Reporter | None = None) -> EditResult:
+def compute_edit(
+    model, settings: EditSettings, image_path: str, map_path: str, reporter: Reporter | None = None, label: str | None = None
+) -> EditResult:
     """Run one edit in memory. `model` is a LoadedModel; nothing is written."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
     from PIL import Image
 
     from diffdiff_cli.sample.engine import SampleRequest, sample
-    from diffdiff_cli.sample.family_sd import StableDiffusionFamily
+    from diffdiff_cli.sample.families import adapter_for
+    from diffdiff_cli.sample.families.sdxl import Refiner
 
     reporter = reporter or Reporter(quiet=True)
     started = time.monotonic()
     seed = new_seed() if settings.seed is None else settings.seed
 
     source = load_source(image_path)
-    adapter = StableDiffusionFamily(model.pipe, settings.guidance)
-    factor = adapter.vae_scale_factor
-    prepared = prepare_map(load_map(map_path), source.size, factor, invert=settings.invert_map, map_label=f"--map {map_path}")
+    family = model.family
+    refiner = Refiner(model.refiner, settings.refiner_start) if model.refiner is not None else None
+    adapter = adapter_for(family.name, model.pipe, settings.guidance_for(family), refiner=refiner)
+    factor, multiple = adapter.vae_scale_factor, adapter.pixel_multiple
+    prepared = prepare_map(
+        load_map(map_path, settings.map_channel), source.size, factor, multiple=multiple,
+        shaping=MapShaping.from_settings(settings), strict_size=settings.strict_size, map_label=f"--map {map_path}",
+    )
     for notice in prepared.notices:
         reporter.notice(notice)
 
-    scheduler = make_scheduler(model.scheduler_config, settings.scheduler, seed)
+    scheduler, timesteps, plan = schedule_run(
+        family, model.scheduler_config, settings.scheduler, settings.steps, settings.strength, settings.schedule,
+        prepared.latent.shape, seed, refiner_start=settings.refiner_start if refiner else None,
+    )
     adapter.use_scheduler(scheduler)
-    timesteps = prepare_scheduler(scheduler, settings.steps, settings.strength)
-    plan = plan_run(timesteps, scheduler.order, adapter.noising, settings.schedule)
+    if settings.dither:
+        prepared = dither_prepared(prepared, plan.thresholds)
     warning = banding_warning(plan, prepared.latent)
     if warning:
         reporter.warn(warning)
 
     generator = torch.Generator("cpu").manual_seed(seed)
     with torch.inference_mode():
-        conditioning = adapter.encode_prompt(settings.prompt, settings.negative_prompt)
-        pixels = adapter.pipe.image_processor.preprocess(Image.fromarray(pad_image(source.rgb, factor)))
+        padded = Image.fromarray(pad_image(source.rgb, multiple))
+        conditioning = adapter.encode_prompt(settings.prompt, settings.negative_prompt, padded.size)
+        pixels = adapter.preprocess(padded)
         x0 = adapter.encode_image(pixels, generator)
         noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         change = torch.from_numpy(prepared.latent)[None, None].to(x0.device)
         request = SampleRequest(x0=x0, noise=noise, change=change, conditioning=conditioning, hardness=settings.hardness)
-        with reporter.sampling(image_path, plan, prepared.latent) as progress:
+        with reporter.sampling(label or image_path, plan, prepared.latent) as progress:
             latents = sample(adapter, scheduler, timesteps, plan, request, generator, progress)
         decoded = adapter.decode(latents, generator)
 
@@ -130,7 +159,9 @@ def recorded_settings(model, settings: EditSettings, result: EditResult, image_p
     record = asdict(settings)
     record.update(
         seed=result.seed,
+        guidance=settings.guidance_for(model.family),
         model=model.label,
+        family=model.family.name,
         sampler=sampler_label(settings.scheduler, model.scheduler_config.get("_class_name", "?")),
         scheduler=settings.scheduler or "default",
         input=image_path,
@@ -143,9 +174,14 @@ def recorded_settings(model, settings: EditSettings, result: EditResult, image_p
     return record
 
 
-def edit_file(model, settings: EditSettings, image_path: str, map_path: str, output_path: str, reporter: Reporter) -> dict:
-    """Edit one image and write it atomically; return the JSON record of the output."""
-    result = compute_edit(model, settings, image_path, map_path, reporter)
-    record = recorded_settings(model, settings, result, image_path, map_path)
+def edit_file(
+    model, settings: EditSettings, image_path: str, map_path: str, output_path: str, reporter: Reporter, display_input: str | None = None
+) -> dict:
+    """Edit one image and write it atomically; return the JSON record of the output.
+
+    `display_input` is the name recorded for the input when it was read from elsewhere (stdin).
+    """
+    result = compute_edit(model, settings, image_path, map_path, reporter, label=display_input or image_path)
+    record = recorded_settings(model, settings, result, display_input or image_path, map_path)
     save_atomically(result.image, output_path, record)
     return {**record, "output": output_path, "seconds": round(result.seconds, 3)}

@@ -57,7 +57,7 @@ def load_source(path: str) -> SourceImage:
     image = open_image(path, "image")
     if image.mode.startswith("I") or image.mode == "F":
         # 16-bit / float grayscale: bring to 8 bits by true depth (Pillow's own conversion clamps at 255)
-        image = Image.fromarray(np.round(map_values(image) * 255).astype(np.uint8))
+        image = Image.fromarray(np.round(map_values(image, what=f"image {path}") * 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # the model sees the colours; the alpha channel is carried through to the output untouched
         rgb = image.convert("RGBA").convert("RGB")
@@ -66,28 +66,66 @@ def load_source(path: str) -> SourceImage:
     return SourceImage(path=path, image=image, rgb=np.asarray(rgb, dtype=np.uint8).copy())
 
 
-def map_values(image: Image.Image) -> np.ndarray:
-    """Grayscale values in [0, 1] as float32, scaled by the image's true bit depth."""
+MAP_CHANNELS = ("luma", "alpha", "red", "green", "blue")
+_HAS_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _float_values(image: Image.Image, what: str) -> np.ndarray:
+    """Grayscale as float64 in [0, 1], scaled by the true bit depth (Pillow's own conversion clamps 16-bit)."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        values = np.asarray(image, dtype=np.float64) / 65535.0
-    elif mode == "I":
+    if mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float64) / 65535.0
+    if mode == "I":  # 32-bit integers: 16-bit data in practice, full 32-bit range if the values say so
         raw = np.asarray(image, dtype=np.float64)
-        values = raw / (65535.0 if raw.max(initial=0) > 255 else 255.0)
-    elif mode == "F":
+        return raw / (4294967295.0 if raw.max(initial=0) > 65535 else 65535.0)
+    if mode == "F":
         values = np.asarray(image, dtype=np.float64)
-    elif mode == "1":
-        values = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
-    elif mode == "L":
-        values = np.asarray(image, dtype=np.float64) / 255.0
-    elif mode == "LA":
-        values = np.asarray(image, dtype=np.float64)[..., 0] / 255.0
+        if not np.isfinite(values).all() or values.min(initial=0) < -1e-3 or values.max(initial=0) > 1 + 1e-3:
+            raise InputError(
+                f"{what}: a float image must hold values in 0..1 (found {np.nanmin(values):g}..{np.nanmax(values):g}); "
+                f"rescale it, or save it as an 8- or 16-bit image"
+            )
+        return values
+    if mode in ("1", "L"):
+        return np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+    if mode in ("LA", "La"):
+        return np.asarray(image.getchannel("L"), dtype=np.float64) / 255.0
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    return rgb @ _LUMA
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in _HAS_ALPHA or (image.mode == "P" and "transparency" in image.info)
+
+
+def map_values(image: Image.Image, channel: str = "luma", what: str = "--map") -> np.ndarray:
+    """Change values in [0, 1] as float32, from the channel asked for.
+
+    luma: the grey level (colour maps by BT.601 luminance, palettes by their colours, alpha ignored).
+    alpha: transparent = change, opaque = keep, as cut-outs and image-edit APIs read a mask.
+    red / green / blue: one colour channel.
+    """
+    if channel not in MAP_CHANNELS:
+        raise InputError(f"--map-channel {channel}: choose one of: {', '.join(MAP_CHANNELS)}")
+    if channel == "luma":
+        values = _float_values(image, what)
+    elif channel == "alpha":
+        if not _has_alpha(image):
+            raise InputError(f"{what}: --map-channel alpha but the map ({image.mode}) has no alpha channel; use --map-channel luma")
+        values = 1.0 - np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float64) / 255.0
     else:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
-        values = rgb @ _LUMA
+        if image.mode.startswith("I") or image.mode == "F":
+            values = _float_values(image, what)  # a grey image: every colour channel is the grey
+        else:
+            values = np.asarray(image.convert("RGB").getchannel(channel[0].upper()), dtype=np.float64) / 255.0
     return np.clip(values, 0.0, 1.0).astype(np.float32)
 
 
-def load_map(path: str) -> np.ndarray:
-    """The change map at its own size: white (1) = change fully, black (0) = keep exactly."""
-    return map_values(open_image(path, "--map"))
+def load_map(source, channel: str = "luma") -> np.ndarray:
+    """The change map at its own size: white (1) = change fully, black (0) = keep exactly.
+
+    `source` is a file path, or an array of change values already in memory (used as it is).
+    """
+    if isinstance(source, np.ndarray):
+        return np.clip(source, 0.0, 1.0).astype(np.float32)
+    return map_values(open_image(source, "--map"), channel, f"--map {source}")

@@ -27,6 +27,7 @@ class Evaluation:
     time: float  # position on the denoiser's own time axis: the timestep (DDPM family) or sigma (flow)
     sigma: float | None
     threshold: float  # pixels with change >= threshold (and > 0) are free at this evaluation
+    denoiser: str = "base"  # "refiner" for the evaluations an SDXL refiner takes over
 
 
 @dataclass(frozen=True)
@@ -93,32 +94,79 @@ def free_share(change: np.ndarray, threshold: float) -> float:
     return float(free_mask(change, threshold).mean())
 
 
-def strength_cut(n_steps: int, strength: float) -> int:
-    """Index of the first step kept, as diffusers' img2img `get_timesteps` computes it."""
-    kept = min(int(n_steps * strength), n_steps)
-    if kept < 1:
+def strength_cut(n_steps: int, strength: float, fractional: bool = False) -> int:
+    """Index of the first step kept, as the family's diffusers img2img pipeline computes it.
+
+    SD 1.x/2.x and SDXL keep int(N * s) steps; SD3 and Flux start at int(N - N * s).
+    """
+    start = int(max(n_steps - n_steps * strength, 0)) if fractional else n_steps - min(int(n_steps * strength), n_steps)
+    if n_steps - start < 1:
         raise InputError(
             f"--strength {strength:g} with --steps {n_steps} runs no step at all; "
             f"raise --steps to at least {math.ceil(1 / strength)} or raise --strength"
         )
-    return n_steps - kept
+    return start
 
 
-def prepare_scheduler(scheduler, n_steps: int, strength: float):
-    """Set the scheduler up as diffusers' img2img pipelines do; return the timesteps that will be evaluated."""
-    scheduler.set_timesteps(n_steps)
-    start = strength_cut(n_steps, strength) * scheduler.order
+def dynamic_shift(config, image_seq_len: int) -> float:
+    """Flux's resolution-dependent shift mu: linear in the token count between two configured points."""
+    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    slope = (max_shift - base_shift) / (max_len - base_len)
+    return image_seq_len * slope + base_shift - slope * base_len
+
+
+def prepare_scheduler(scheduler, n_steps: int, strength: float, family=None, image_seq_len: int = 4096):
+    """Set the scheduler up as the family's diffusers img2img pipeline does; return the timesteps to evaluate."""
+    kwargs = {}
+    if family is not None and family.linspace_sigmas:
+        kwargs["sigmas"] = np.linspace(1.0, 1 / n_steps, n_steps)
+    if scheduler.config.get("use_dynamic_shifting"):
+        kwargs["mu"] = dynamic_shift(scheduler.config, image_seq_len)
+    scheduler.set_timesteps(n_steps, **kwargs)
+    fractional = family is not None and family.fractional_strength
+    start = strength_cut(n_steps, strength, fractional) * scheduler.order
     timesteps = scheduler.timesteps[start:]
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return timesteps
 
 
-def plan_run(timesteps, order: int, noising, schedule: str = "timestep", time_end: float | None = None) -> Plan:
+def refiner_cutoff(num_train_timesteps: int, refiner_start: float) -> float:
+    """Timesteps below this go to the refiner: diffusers' `denoising_start` hand-over point."""
+    return round(num_train_timesteps - refiner_start * num_train_timesteps)
+
+
+def schedule_run(family, scheduler_config: dict, scheduler_name: str | None, n_steps: int, strength: float,
+                 schedule: str, latent_shape: tuple[int, int], seed: int | None = None, refiner_start: float | None = None):
+    """The scheduler for one run, set up as the family's img2img pipeline would, its timesteps and the plan.
+
+    `latent_shape` (h, w) matters to resolution-dependent shifts (Flux); `refiner_start` marks the
+    evaluations an SDXL refiner takes over.
+    """
+    from diffdiff_cli.families import check_scheduler_for
+    from diffdiff_cli.sample.noising import noising_for
+    from diffdiff_cli.schedulers import make_scheduler
+
+    check_scheduler_for(family, scheduler_name)
+    scheduler = make_scheduler(scheduler_config, scheduler_name, seed)
+    tokens = (latent_shape[0] // family.patch) * (latent_shape[1] // family.patch)
+    timesteps = prepare_scheduler(scheduler, n_steps, strength, family, tokens)
+    cutoff = None
+    if refiner_start is not None:
+        cutoff = refiner_cutoff(scheduler.config.num_train_timesteps, refiner_start)
+    plan = plan_run(timesteps, scheduler.order, noising_for(scheduler), schedule, refiner_cutoff=cutoff)
+    return scheduler, timesteps, plan
+
+
+def plan_run(
+    timesteps, order: int, noising, schedule: str = "timestep", time_end: float | None = None, refiner_cutoff: float | None = None
+) -> Plan:
     """The plan for these timesteps. `noising` maps timesteps to the denoiser's time axis and sigma.
 
-    `time_end` is where the run stops on that axis when it stops early (a hand-over to a refiner);
-    a full run ends below the smallest level the model was trained on.
+    `time_end` is where the run stops on that axis when it stops early; a full run ends below the
+    smallest level the model was trained on. With a refiner the run is one schedule: evaluations at
+    timesteps below `refiner_cutoff` are the refiner's, and the threshold ramp continues across them.
     """
     if schedule not in SCHEDULES:
         raise InputError(f"--schedule: unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
@@ -140,6 +188,7 @@ def plan_run(timesteps, order: int, noising, schedule: str = "timestep", time_en
             time=times[i],
             sigma=noising.sigma_of(times[i]),
             threshold=float(thresholds[i]),
+            denoiser="refiner" if refiner_cutoff is not None and ts[i] < refiner_cutoff else "base",
         )
         for i in range(len(ts))
     ]
@@ -153,6 +202,6 @@ def banding_warning(plan: Plan, change_latent: np.ndarray) -> str | None:
     if len(greys) > levels and levels < 16:
         return (
             f"the map has {len(greys)} grey levels but {plan.steps} steps give only {levels} distinct "
-            f"strengths: gradients will band; use more --steps"
+            f"strengths: gradients will band; use more --steps or --dither"
         )
     return None

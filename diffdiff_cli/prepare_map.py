@@ -1,11 +1,20 @@
-"""Prepare the map: invert, fit it to the image, pad to the model's multiple, resample to the latent grid."""
+"""Prepare the map: fit it to the image, shape it, pad to the model's multiple, resample to the latent grid.
+
+Shaping runs in a fixed order (invert, levels, gamma, min/max, grow, blur) at the image's own pixel size,
+so PX values are image pixels. Dithering needs the plan's thresholds and so runs after planning
+(`dither_prepared`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
+
+from diffdiff_cli import maps
+from diffdiff_cli.dither import dither
+from diffdiff_cli.errors import InputError
 
 
 @dataclass
@@ -13,6 +22,78 @@ class PreparedMap:
     pixels: np.ndarray  # change in [0, 1] at the padded working size (H, W), float32
     latent: np.ndarray  # the same on the latent grid (H / factor, W / factor): the engine's mask source
     notices: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MapShaping:
+    """The map-shaping flags of `edit`, `plan` and `map preview`, in the order they apply."""
+
+    invert: bool = False
+    levels: tuple[float, float] = (0.0, 1.0)
+    gamma: float = 1.0
+    minimum: float = 0.0
+    maximum: float = 1.0
+    grow: float = 0.0
+    blur: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings) -> "MapShaping":
+        """From an object with EditSettings' map fields (invert_map, map_levels "LOW:HIGH", map_gamma, ...)."""
+        levels = getattr(settings, "map_levels", None)
+        return cls(
+            invert=bool(getattr(settings, "invert_map", False)),
+            levels=(0.0, 1.0) if levels is None else parse_levels(levels),
+            gamma=getattr(settings, "map_gamma", 1.0),
+            minimum=getattr(settings, "map_min", 0.0),
+            maximum=getattr(settings, "map_max", 1.0),
+            grow=getattr(settings, "map_grow", 0.0),
+            blur=getattr(settings, "map_blur", 0.0),
+        )
+
+    def validate(self) -> None:
+        low, high = self.levels
+        if not 0.0 <= low < high <= 1.0:
+            raise InputError(f"--map-levels {low:g}:{high:g}: need 0 <= LOW < HIGH <= 1, e.g. 0.2:0.8")
+        if not self.gamma > 0:
+            raise InputError(f"--map-gamma {self.gamma:g}: must be above 0 (1 = unchanged, 2 lifts greys, 0.5 lowers them)")
+        for flag, value in (("--map-min", self.minimum), ("--map-max", self.maximum)):
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{flag} {value:g}: must be in [0, 1]")
+        if self.minimum > self.maximum:
+            raise InputError(f"--map-min {self.minimum:g} is above --map-max {self.maximum:g}; lower --map-min")
+        for flag, value in (("--map-grow", self.grow), ("--map-blur", self.blur)):
+            if not 0.0 <= value <= 4096:
+                raise InputError(f"{flag} {value:g}: must be 0 or more pixels (at most 4096)")
+
+
+def parse_levels(text: str, flag: str = "--map-levels") -> tuple[float, float]:
+    """'LOW:HIGH' -> (low, high), both in [0, 1] with low < high."""
+    parts = str(text).split(":")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise InputError(f"{flag} {text}: expected LOW:HIGH with numbers in [0, 1], e.g. 0.2:0.8") from None
+    if not 0.0 <= low < high <= 1.0:
+        raise InputError(f"{flag} {text}: need 0 <= LOW < HIGH <= 1, e.g. 0.2:0.8")
+    return low, high
+
+
+def shape_map(change: np.ndarray, shaping: MapShaping) -> np.ndarray:
+    """Apply the shaping steps in their documented order; an all-default shaping returns the map unchanged."""
+    out = np.asarray(change, dtype=np.float32)
+    if shaping.invert:
+        out = maps.invert(out)
+    if shaping.levels != (0.0, 1.0):
+        out = maps.levels(out, *shaping.levels)
+    if shaping.gamma != 1.0:
+        out = maps.gamma(out, shaping.gamma)
+    if (shaping.minimum, shaping.maximum) != (0.0, 1.0):
+        out = maps.clamp_change(out, shaping.minimum, shaping.maximum)
+    if shaping.grow > 0:
+        out = maps.grow(out, shaping.grow)
+    if shaping.blur > 0:
+        out = maps.blur(out, shaping.blur)
+    return out
 
 
 def padding_for(size: tuple[int, int], multiple: int) -> tuple[int, int]:
@@ -40,15 +121,45 @@ def to_latent_grid(change: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
 
 
-def prepare_map(raw: np.ndarray, image_size: tuple[int, int], factor: int, *, invert: bool = False, map_label: str = "map") -> PreparedMap:
+def size_mismatch(map_size: tuple[int, int], image_size: tuple[int, int], map_label: str) -> str:
+    (mw, mh), (iw, ih) = map_size, image_size
+    text = f"{map_label} is {mw}x{mh}, the image {iw}x{ih}"
+    if (mw, mh) == (ih, iw):
+        text += " (one of them turned by EXIF orientation?)"
+    return text
+
+
+def prepare_map(
+    raw: np.ndarray,
+    image_size: tuple[int, int],
+    factor: int,
+    *,
+    multiple: int | None = None,
+    invert: bool = False,
+    shaping: MapShaping | None = None,
+    strict_size: bool = False,
+    map_label: str = "map",
+) -> PreparedMap:
+    """`factor`: pixels per latent cell; `multiple`: what the image is padded to (factor x patch, default factor).
+
+    `shaping` replaces `invert` when given. A map of another size is fitted to the image (a notice), or
+    refused with `strict_size`.
+    """
+    shaping = shaping if shaping is not None else MapShaping(invert=invert)
     notices = []
-    change = 1.0 - raw if invert else raw
-    if (change.shape[1], change.shape[0]) != image_size:
-        notices.append(
-            f"{map_label} is {change.shape[1]}x{change.shape[0]}, the image {image_size[0]}x{image_size[1]}: "
-            f"map resized to the image"
-        )
+    change = np.asarray(raw, dtype=np.float32)
+    if (change.shape[1], change.shape[0]) != tuple(image_size):
+        mismatch = size_mismatch((change.shape[1], change.shape[0]), image_size, map_label)
+        if strict_size:
+            raise InputError(f"{mismatch}; give a map of the image's size or drop --strict-size")
+        notices.append(f"{mismatch}: map resized to the image")
         change = fit_to_size(change, image_size)
-    pad_w, pad_h = padding_for(image_size, factor)
+    change = shape_map(change, shaping)
+    pad_w, pad_h = padding_for(image_size, multiple or factor)
     pixels = np.pad(change, ((0, pad_h), (0, pad_w)), mode="edge").astype(np.float32)
     return PreparedMap(pixels=pixels, latent=to_latent_grid(pixels, factor), notices=notices)
+
+
+def dither_prepared(prepared: PreparedMap, thresholds) -> PreparedMap:
+    """The same map with its latent grid dithered against these thresholds (pixels, for paste-back, unchanged)."""
+    return replace(prepared, latent=dither(prepared.latent, thresholds))

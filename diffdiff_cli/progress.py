@@ -1,4 +1,4 @@
-"""Progress on stderr: a rich bar on a terminal, plain lines elsewhere, nothing with --quiet."""
+"""Progress on stderr: rich bars on a terminal, plain lines elsewhere, nothing with --quiet."""
 
 from __future__ import annotations
 
@@ -17,16 +17,83 @@ class Reporter:
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.animated = not quiet and self.stream.isatty()
+        self._live = None  # the rich Progress a batch shares with its per-image bars
+        self._warned: set[str] = set()
 
     def notice(self, message: str) -> None:
         if not self.quiet:
-            print(f"diffdiff: {message}", file=self.stream, flush=True)
+            self._print(f"diffdiff: {message}")
 
     def warn(self, message: str) -> None:
-        print(f"diffdiff: warning: {message}", file=self.stream, flush=True)
+        """Each distinct warning once per run: a batch of a thousand images does not repeat itself."""
+        if message not in self._warned:
+            self._warned.add(message)
+            self._print(f"diffdiff: warning: {message}")
+
+    def result(self, message: str) -> None:
+        """What was written and with which seed: printed even with --quiet."""
+        self._print(f"diffdiff: {message}")
+
+    def _print(self, line: str) -> None:
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def _new_progress(self, *columns):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=self.stream),
+        )
+        progress.start()
+        return progress
+
+    def batch(self, total: int) -> "BatchProgress":
+        return BatchProgress(self, total)
 
     def sampling(self, label: str, plan: Plan, change_latent: np.ndarray) -> "StepProgress":
         return StepProgress(self, label, plan, change_latent)
+
+
+class BatchProgress:
+    """The overall bar (images done, ETA) above the per-image step bar."""
+
+    def __init__(self, reporter: Reporter, total: int):
+        self.reporter, self.total, self.count = reporter, total, 0
+        self._task = None
+        self._owner = False
+
+    def __enter__(self):
+        if self.reporter.animated and self.total > 1:
+            self.reporter._live = self.reporter._new_progress()
+            self._owner = True
+            self._task = self.reporter._live.add_task("images", total=self.total, detail="")
+        return self
+
+    def advance(self, job) -> None:
+        self.count += 1
+        if self._task is not None:
+            self.reporter._live.update(self._task, completed=self.count, detail=f"last: {job.input} {job.status}")
+        elif not self.reporter.quiet and self.total > 1:
+            print(
+                f"diffdiff: [{self.count}/{self.total}] {job.input}: {job.status} ({job.seconds:.1f} s)",
+                file=self.reporter.stream,
+                flush=True,
+            )
+
+    def __exit__(self, *exc):
+        if self._owner:
+            self.reporter._live.stop()
+            self.reporter._live = None
+        return False
 
 
 class StepProgress:
@@ -35,34 +102,25 @@ class StepProgress:
     def __init__(self, reporter: Reporter, label: str, plan: Plan, change_latent: np.ndarray):
         self.reporter, self.label, self.plan, self.change = reporter, label, plan, change_latent
         self._progress = None
+        self._own_progress = False
         self._task = None
         self._last_plain = -1
         self.started = time.monotonic()
 
     def __enter__(self):
         if self.reporter.animated:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(file=self.reporter.stream),
-                transient=False,
-            )
-            self._progress.start()
+            self._progress = self.reporter._live
+            if self._progress is None:
+                self._progress = self.reporter._new_progress()
+                self._own_progress = True
             self._task = self._progress.add_task(self.label, total=self.plan.steps, detail="")
         return self
 
     def __call__(self, evaluation: Evaluation) -> None:
-        share = free_share(self.change, evaluation.threshold)
         last = evaluation.index == len(self.plan.evaluations) - 1
         next_step = last or self.plan.evaluations[evaluation.index + 1].step != evaluation.step
         done = evaluation.step + 1 if next_step else evaluation.step
+        share = free_share(self.change, evaluation.threshold)
         detail = f"t={evaluation.timestep:.1f} τ={evaluation.threshold:.3f} free {share:5.1%}"
         if self._progress is not None:
             self._progress.update(self._task, completed=done, detail=detail)
@@ -74,5 +132,8 @@ class StepProgress:
 
     def __exit__(self, *exc):
         if self._progress is not None:
-            self._progress.stop()
+            if self._own_progress:
+                self._progress.stop()
+            else:
+                self._progress.remove_task(self._task)
         return False

@@ -25,6 +25,12 @@ SCHEDULERS: dict[str, tuple[str, dict, str]] = {
     "kdpm2": ("KDPM2DiscreteScheduler", {}, "DPM2"),
 }
 
+# The same names for flow-matching models (SD3, Flux).
+FLOW_SCHEDULERS: dict[str, str] = {
+    "euler": "FlowMatchEulerDiscreteScheduler",
+    "heun": "FlowMatchHeunDiscreteScheduler",
+}
+
 # Keys a scheduler config may carry from another class that would change the new class's behaviour.
 _FOREIGN_KEYS = ("use_karras_sigmas", "algorithm_type", "solver_order", "skip_prk_steps")
 
@@ -36,6 +42,8 @@ def check_scheduler_name(name: str | None) -> None:
 
 def sampler_label(name: str | None, scheduler_class: str) -> str:
     """The A1111-style sampler label for metadata."""
+    if scheduler_class.startswith("FlowMatch"):
+        return "Euler" if name in (None, "euler") else "Heun"
     if name is not None:
         return SCHEDULERS[name][2]
     for _, (cls, overrides, label) in SCHEDULERS.items():
@@ -53,6 +61,8 @@ def make_scheduler(config: dict, name: str | None, seed: int | None = None):
 
     if name is None:
         cls, base, overrides = getattr(diffusers, config["_class_name"]), dict(config), {}
+    elif config["_class_name"].startswith("FlowMatch"):
+        cls, base, overrides = getattr(diffusers, FLOW_SCHEDULERS[name]), dict(config), {}
     else:
         class_name, overrides, _ = SCHEDULERS[name]
         cls = getattr(diffusers, class_name)

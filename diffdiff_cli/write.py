@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from diffdiff_cli.errors import InputError
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 TEMP_PREFIX = ".diffdiff-tmp-"
 _USER_COMMENT = 0x9286  # EXIF UserComment, where A1111 keeps its parameters in JPEG and WebP
+_IMAGE_DESCRIPTION = 0x010E  # EXIF ImageDescription: diffdiff's own JSON in JPEG and WebP
 
 
 def output_format(path: str) -> str:
@@ -24,7 +28,9 @@ def output_format(path: str) -> str:
 
 
 def check_output_path(output: str, inputs: list[str]) -> None:
-    """Refuse to overwrite an input; the folder must exist and be writable."""
+    """Refuse to overwrite an input; the folder must exist and be writable. `-` is standard output."""
+    if output == "-":
+        return
     output_format(output)
     out = Path(output)
     folder = out.parent if str(out.parent) else Path(".")
@@ -67,6 +73,11 @@ def _field(value) -> str:
     return json.dumps(text) if ("," in text or ":" in text or "\n" in text) else text
 
 
+def temp_prefix() -> str:
+    """Temporary files name their host and process, so a later run can tell abandoned ones from live ones."""
+    return f"{TEMP_PREFIX}{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -74,10 +85,11 @@ def _umask() -> int:
 
 
 def save_atomically(image: Image.Image, path: str, settings: dict) -> None:
-    """Write `image` to `path` so that `path` is either absent, the old file, or the complete new one."""
-    fmt = output_format(path)
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
+    """Write `image` to `path` so that `path` is either absent, the old file, or the complete new one.
+
+    `-` writes PNG to standard output (for pipes).
+    """
+    fmt = "PNG" if path == "-" else output_format(path)
     if fmt == "JPEG" and image.mode not in ("RGB", "L", "CMYK"):
         image = image.convert("RGB")  # JPEG keeps no alpha or palette
     save_args: dict = {}
@@ -90,12 +102,26 @@ def save_atomically(image: Image.Image, path: str, settings: dict) -> None:
     else:
         exif = Image.Exif()
         exif[_USER_COMMENT] = b"UNICODE\0" + parameters.encode("utf-16-be")
+        exif[_IMAGE_DESCRIPTION] = json.dumps({"diffdiff": settings}, sort_keys=True)
         save_args["exif"] = exif.tobytes()
         save_args["quality"] = 95
-    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=target.suffix, dir=folder)
+    if path == "-":
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **save_args)
+        sys.stdout.buffer.write(buffer.getvalue())
+        sys.stdout.buffer.flush()
+        return
+    write_image_atomically(image, path, fmt, save_args)
+
+
+def write_image_atomically(image: Image.Image, path: str, fmt: str, save_args: dict | None = None) -> None:
+    """Save through a temporary file in the target's folder, then rename: no half-written file, ever."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    fd, temp_name = tempfile.mkstemp(prefix=temp_prefix(), suffix=target.suffix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=fmt, **save_args)
+            image.save(handle, format=fmt, **(save_args or {}))
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temp_name, 0o666 & ~_umask())
@@ -103,3 +129,23 @@ def save_atomically(image: Image.Image, path: str, settings: dict) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def read_recorded(path: str, flag: str = "info") -> tuple[dict | None, str | None]:
+    """The settings JSON and the A1111 `parameters` text an output carries (either may be None)."""
+    from diffdiff_cli.load import open_image
+
+    image = open_image(path, flag)
+    settings, parameters = None, image.info.get("parameters")
+    if "diffdiff" in image.info:
+        settings = json.loads(image.info["diffdiff"])
+    exif = image.getexif()
+    if _IMAGE_DESCRIPTION in exif:
+        try:
+            settings = json.loads(exif[_IMAGE_DESCRIPTION]).get("diffdiff")
+        except (ValueError, AttributeError):
+            pass
+    comment = exif.get_ifd(0x8769).get(_USER_COMMENT) or exif.get(_USER_COMMENT)
+    if parameters is None and isinstance(comment, bytes) and comment.startswith(b"UNICODE\0"):
+        parameters = comment[8:].decode("utf-16-be", errors="replace")
+    return settings, parameters

@@ -1,4 +1,4 @@
-"""Test helper: write a diffusers SD 1.x / 2.x pipeline as ONE safetensors file in the original LDM layout.
+"""Test helper: write a diffusers SD 1.x / 2.x / XL pipeline as ONE file in the original LDM layout.
 
 The layout is what civitai/A1111 single-file checkpoints use and what diffusers' `from_single_file`
 converts back (diffusers/loaders/single_file_utils.py); this is the inverse of that conversion:
@@ -14,6 +14,12 @@ converts back (diffusers/loaders/single_file_utils.py); this is the inverse of t
   without `text_model.`); SD 2.x: `cond_stage_model.model.*` in OpenCLIP names (`transformer.resblocks.N`,
   fused `attn.in_proj_weight`, `ln_final`, `positional_embedding`), plus the unused last resblock and the
   text projection real SD 2.x files carry.
+- SDXL  -> the UNet as above plus `label_emb.0.{0,2}` (diffusers' add_embedding.linear_{1,2}); CLIP ViT-L
+  under `conditioner.embedders.0.transformer.text_model.*`, the OpenCLIP ViT-bigG encoder under
+  `conditioner.embedders.1.model.*` (refiner: `conditioner.embedders.0.model.*`) in the SD 2.x names, with
+  `text_projection` stored as OpenCLIP does, (hidden, projection) = the transpose of the Linear weight.
+  diffusers tells the two encoders apart by width (CLIP-L position embeddings must not be as wide as the
+  OpenCLIP ones), so the second encoder must be wider than the first, as in real SDXL (768 vs 1280).
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ UNET = "model.diffusion_model."
 VAE = "first_stage_model."
 SD1_TEXT = "cond_stage_model.transformer.text_model."
 SD2_TEXT = "cond_stage_model.model."
+SDXL_CLIP = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPENCLIP = "conditioner.embedders.1.model."
+SDXL_REFINER_OPENCLIP = "conditioner.embedders.0.model."
 
 _UNET_FIXED = {
     "time_embedding.linear_1": "time_embed.0",
@@ -31,6 +40,8 @@ _UNET_FIXED = {
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's size/crop (and aesthetic score) embedding
+    "add_embedding.linear_2": "label_emb.0.2",
 }
 _UNET_RESNET = {
     "norm1": "in_layers.0",
@@ -155,9 +166,10 @@ def vae_to_ldm(vae) -> dict:
     return _unique(pairs())
 
 
-def clip_to_ldm(text_encoder, text_model_prefix: bool = True, position_ids: bool = True) -> dict:
-    """SD 1.x layout: the HF CLIP names under cond_stage_model.transformer.[text_model.]."""
-    prefix = SD1_TEXT if text_model_prefix else SD1_TEXT.removesuffix("text_model.")
+def clip_to_ldm(text_encoder, text_model_prefix: bool = True, position_ids: bool = True,
+                prefix: str = SD1_TEXT) -> dict:
+    """SD 1.x layout: the HF CLIP names under cond_stage_model.transformer.[text_model.] (or `prefix`)."""
+    prefix = prefix if text_model_prefix else prefix.removesuffix("text_model.")
     out = {prefix + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
     if position_ids:  # real checkpoints carry this buffer; transformers 5 treats it as non-persistent
         import torch
@@ -167,19 +179,26 @@ def clip_to_ldm(text_encoder, text_model_prefix: bool = True, position_ids: bool
     return out
 
 
-def open_clip_to_ldm(text_encoder, extra_layer: bool = True) -> dict:
-    """SD 2.x layout: OpenCLIP names under cond_stage_model.model.*, q/k/v fused into in_proj."""
+def open_clip_to_ldm(text_encoder, extra_layer: bool = True, prefix: str = SD2_TEXT) -> dict:
+    """SD 2.x layout: OpenCLIP names under cond_stage_model.model.* (or `prefix`), q/k/v fused into in_proj.
+
+    A CLIPTextModelWithProjection's `text_projection.weight` (projection, hidden) is written as OpenCLIP's
+    `text_projection` (hidden, projection), as SDXL files hold it.
+    """
     import torch
 
     state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
     layers = text_encoder.config.num_hidden_layers
     hidden = text_encoder.config.hidden_size
     out = {
-        SD2_TEXT + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
-        SD2_TEXT + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
-        SD2_TEXT + "ln_final.weight": state.pop("final_layer_norm.weight"),
-        SD2_TEXT + "ln_final.bias": state.pop("final_layer_norm.bias"),
+        prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        prefix + "ln_final.weight": state.pop("final_layer_norm.weight"),
+        prefix + "ln_final.bias": state.pop("final_layer_norm.bias"),
     }
+    projection = state.pop("text_projection.weight", None)
+    if projection is not None:
+        out[prefix + "text_projection"] = projection.T.contiguous()
     renames = {
         "layer_norm1": "ln_1",
         "layer_norm2": "ln_2",
@@ -188,7 +207,7 @@ def open_clip_to_ldm(text_encoder, extra_layer: bool = True) -> dict:
         "self_attn.out_proj": "attn.out_proj",
     }
     for n in range(layers):
-        src, dst = f"encoder.layers.{n}.", f"{SD2_TEXT}transformer.resblocks.{n}."
+        src, dst = f"encoder.layers.{n}.", f"{prefix}transformer.resblocks.{n}."
         for leaf in ("weight", "bias"):
             out[f"{dst}attn.in_proj_{leaf}"] = torch.cat(
                 [state.pop(f"{src}self_attn.{p}_proj.{leaf}") for p in "qkv"], dim=0
@@ -198,25 +217,46 @@ def open_clip_to_ldm(text_encoder, extra_layer: bool = True) -> dict:
     if state:
         raise KeyError(f"no OpenCLIP name for text encoder tensors {sorted(state)}")
     if extra_layer:  # SD 2.x uses the penultimate layer: real files hold one more resblock, and a projection
-        last = f"{SD2_TEXT}transformer.resblocks.{layers - 1}."
+        last = f"{prefix}transformer.resblocks.{layers - 1}."
         for key in [k for k in out if k.startswith(last)]:
             out[key.replace(f".resblocks.{layers - 1}.", f".resblocks.{layers}.")] = out[key] + 1.0
-        out[SD2_TEXT + "text_projection"] = torch.eye(hidden)
+        out[prefix + "text_projection"] = torch.eye(hidden)
     return out
+
+
+LAYOUTS = ("clip", "open_clip", "sdxl", "sdxl_refiner")
+
+
+def text_layout_of(pipeline) -> str:
+    """The text-encoder layout a pipeline's single file uses: SDXL base/refiner by their encoders, else SD 1.x."""
+    if getattr(pipeline, "text_encoder_2", None) is not None:
+        return "sdxl" if getattr(pipeline, "text_encoder", None) is not None else "sdxl_refiner"
+    return "clip"
 
 
 def pipeline_to_ldm(pipeline, text_encoder_layout: str = "clip", text_model_prefix: bool = True,
                     extras: bool = True) -> dict:
-    """The whole pipeline's LDM state dict (`text_encoder_layout`: "clip" for SD 1.x, "open_clip" for 2.x)."""
+    """The whole pipeline's LDM state dict.
+
+    `text_encoder_layout`: "clip" (SD 1.x), "open_clip" (SD 2.x), "sdxl" (CLIP-L + OpenCLIP bigG),
+    "sdxl_refiner" (OpenCLIP only) or "auto" (from the pipeline's encoders, see text_layout_of).
+    """
     import torch
 
+    if text_encoder_layout == "auto":
+        text_encoder_layout = text_layout_of(pipeline)
     state = {**unet_to_ldm(pipeline.unet), **vae_to_ldm(pipeline.vae)}
     if text_encoder_layout == "clip":
         state.update(clip_to_ldm(pipeline.text_encoder, text_model_prefix=text_model_prefix))
     elif text_encoder_layout == "open_clip":
         state.update(open_clip_to_ldm(pipeline.text_encoder))
+    elif text_encoder_layout == "sdxl":
+        state.update(clip_to_ldm(pipeline.text_encoder, text_model_prefix=text_model_prefix, prefix=SDXL_CLIP))
+        state.update(open_clip_to_ldm(pipeline.text_encoder_2, extra_layer=False, prefix=SDXL_OPENCLIP))
+    elif text_encoder_layout == "sdxl_refiner":
+        state.update(open_clip_to_ldm(pipeline.text_encoder_2, extra_layer=False, prefix=SDXL_REFINER_OPENCLIP))
     else:
-        raise ValueError(f"unknown text encoder layout {text_encoder_layout!r}")
+        raise ValueError(f"unknown text encoder layout {text_encoder_layout!r}; choose one of {LAYOUTS} or auto")
     if extras:  # the DDPM schedule buffers LDM training code saves beside the weights
         scheduler = pipeline.scheduler
         state["betas"] = scheduler.betas.to(torch.float32)
@@ -225,11 +265,29 @@ def pipeline_to_ldm(pipeline, text_encoder_layout: str = "clip", text_model_pref
 
 
 def save_as_single_file(pipeline, path, text_encoder_layout: str = "clip", text_model_prefix: bool = True,
-                        extras: bool = True) -> Path:
-    """Write `pipeline` (UNet, VAE, text encoder) as one LDM-layout .safetensors file at `path`."""
+                        extras: bool = True, copy: bool = True) -> Path:
+    """Write `pipeline` (UNet, VAE, text encoders) as one LDM-layout .safetensors file at `path`.
+
+    `copy=False` writes the tensors as they are (contiguous views, no second copy of a full-size model).
+    """
     from safetensors.torch import save_file
 
     state = pipeline_to_ldm(pipeline, text_encoder_layout, text_model_prefix, extras)
     path = Path(path)
-    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    if copy:
+        tensors = {k: v.clone() for k, v in tensors.items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
+def save_as_pickle_checkpoint(pipeline, path, text_encoder_layout: str = "clip", extras: bool = True,
+                              **top_level) -> Path:
+    """Write `pipeline` as an LDM-layout PyTorch pickle (.ckpt) the way training code does:
+    `torch.save({"state_dict": {...}, **top_level})` (e.g. global_step=...)."""
+    import torch
+
+    state = pipeline_to_ldm(pipeline, text_encoder_layout, extras=extras)
+    path = Path(path)
+    torch.save({"state_dict": {k: v.detach().contiguous().clone() for k, v in state.items()}, **top_level}, path)
     return path

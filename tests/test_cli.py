@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import save_map
+from diffdiff_cli.batch import content_digest, derive_seed
 
 DIFFDIFF = shutil.which("diffdiff", path=str(Path(sys.executable).parent)) or "diffdiff"
 
@@ -47,15 +48,16 @@ def test_edit_writes_the_output_with_metadata(images):
                "-o", out, "--steps", 4, "--seed", 42, "--json")
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
-    assert record["output"] == str(out) and record["seed"] == 42
-    assert "seed 42" in done.stderr
+    seed = derive_seed(42, content_digest(images["photo"]))  # --seed is the base; the image's seed follows from it
+    assert record["output"] == str(out) and record["seed"] == seed and record["status"] == "done"
+    assert f"seed {seed}" in done.stderr
     with Image.open(out) as image:
         assert image.size == (64, 64)
         parameters = image.info["parameters"]
         settings = json.loads(image.info["diffdiff"])
     lines = parameters.split("\n")
     assert lines[0] == "a stormy sky" and lines[1] == "Negative prompt: blurry"
-    for field in ("Steps: 4", "Sampler: PLMS", "CFG scale: 7.5", "Seed: 42", "Size: 64x64", "Model: tiny-sd15", "Denoising strength: 1.0"):
+    for field in ("Steps: 4", "Sampler: PLMS", "CFG scale: 7.5", f"Seed: {seed}", "Size: 64x64", "Model: tiny-sd15", "Denoising strength: 1.0"):
         assert field in lines[2]
     assert settings["map"] == images["gradient"] and settings["schedule"] == "timestep"
     assert not [p for p in images["dir"].iterdir() if p.name.startswith(".diffdiff-tmp-")]

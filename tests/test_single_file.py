@@ -240,11 +240,10 @@ def _refusals(tmp_path: Path) -> dict[str, Path]:
 
     z = torch.zeros(2, 2)
     files = {
-        "SDXL": _save(
+        "SDXL without CLIP-L": _save(
             tmp_path / "sdxl.safetensors",
             {
                 "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 4, 1, 1),
-                "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": z,
                 "conditioner.embedders.1.model.token_embedding.weight": z,
                 "first_stage_model.encoder.conv_in.weight": z,
             },
@@ -283,7 +282,7 @@ def _refusals(tmp_path: Path) -> dict[str, Path]:
 
 
 EXPECTED_WORDS = {
-    "SDXL": "SDXL",
+    "SDXL without CLIP-L": "SDXL checkpoint without its first text encoder",
     "LoRA": "LoRA",
     "SD3": "Stable Diffusion 3",
     "Flux": "Flux",
@@ -291,7 +290,7 @@ EXPECTED_WORDS = {
     "inpainting": "inpainting",
     "no text encoder": "text encoder",
     "random bytes": "not a readable safetensors",
-    "pickle": "pickle",
+    "pickle": "not a readable PyTorch pickle",
     "corrupt header": "not a readable safetensors",
     "truncated": "truncated",
     "missing": "not found",
@@ -306,7 +305,7 @@ def test_refusals_are_one_line_input_errors(tmp_path):
         message = _assert_one_line_naming(err, path)
         assert EXPECTED_WORDS[what] in message, (what, message)
         if what not in ("missing", "folder", "truncated", "pickle"):
-            assert "Stable Diffusion 1.x or 2.x" in message, (what, message)
+            assert "Stable Diffusion 1.x, 2.x or XL" in message, (what, message)
         # the loaders refuse the same way, before touching torch or the config cache
         with pytest.raises(InputError):
             scheduler_config_for_single_file(path)
@@ -417,30 +416,46 @@ def test_detection_and_plan_do_not_import_torch(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# --- full size (slow: ~10 s and up to ~8 GB each) --------------------------------------------------------------
+# --- full size (slow: ~10 s and up to ~8 GB each; SDXL more) ---------------------------------------------------------
+
+
+FULL_SIZE_TEXT_KEYS = {
+    "sd15": (SD15_TEXT_KEY,),
+    "sd21": (SD21_TEXT_KEY,),
+    "sdxl": ("conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
+             "conditioner.embedders.1.model.positional_embedding"),
+    "sdxl-refiner": ("conditioner.embedders.0.model.text_projection",),
+}
+FULL_SIZE_LAYOUT = {"sd15": "clip", "sd21": "open_clip", "sdxl": "sdxl", "sdxl-refiner": "sdxl_refiner"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["sd15", "sd21"])
+@pytest.mark.parametrize("family", ["sd15", "sd21", "sdxl", "sdxl-refiner"])
 def test_full_size_checkpoint_loads_with_the_shipped_config(family, tmp_path, request):
     """A real-architecture checkpoint (each tensor filled with its own constant) loads tensor for tensor."""
     if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("full-size check (~20 s, ~8 GB): select it with -m slow")
+        pytest.skip("full-size check (~20 s, ~8 GB; SDXL ~70 s, ~11 GB): select it with -m slow")
     from types import SimpleNamespace
 
     import torch
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    folder = config_folder_for(_fake_checkpoint(tmp_path / "x.safetensors", SD15_TEXT_KEY if family == "sd15"
-                                                else SD21_TEXT_KEY))
+    fake = tmp_path / "x.safetensors"
+    _save(fake, {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 4, 1, 1),
+                 **{key: torch.zeros(2, 2) for key in FULL_SIZE_TEXT_KEYS[family]}})
+    folder = config_folder_for(fake)
+    index = json.loads((folder / "model_index.json").read_text())
+    text_classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
     with init_empty_weights(include_buffers=True):
         models = {
             "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
             "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
-            "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
         }
+        for name in ("text_encoder", "text_encoder_2"):
+            if (index.get(name) or [None])[0]:
+                models[name] = text_classes[index[name][1]](CLIPTextConfig.from_pretrained(folder / name))
     expected = {}
     for name, model in models.items():
         model.to(torch.float16).to_empty(device="cpu")
@@ -451,7 +466,7 @@ def test_full_size_checkpoint_loads_with_the_shipped_config(family, tmp_path, re
     stand_in = SimpleNamespace(**models, scheduler=SimpleNamespace(betas=torch.zeros(1000),
                                                                    alphas_cumprod=torch.zeros(1000)))
     path = save_as_single_file(stand_in, tmp_path / f"{family}.safetensors",
-                               text_encoder_layout="clip" if family == "sd15" else "open_clip")
+                               text_encoder_layout=FULL_SIZE_LAYOUT[family], copy=False)
     del models, stand_in
     assert single_file_family(path) == family
 
@@ -461,4 +476,4 @@ def test_full_size_checkpoint_loads_with_the_shipped_config(family, tmp_path, re
         assert state.keys() == values.keys(), name
         wrong = [k for k, v in values.items() if not bool((state[k] == v).all())]
         assert not wrong, (name, wrong[:5])
-    assert pipe.scheduler.config.prediction_type == ("epsilon" if family == "sd15" else "v_prediction")
+    assert pipe.scheduler.config.prediction_type == ("v_prediction" if family == "sd21" else "epsilon")

@@ -1,17 +1,53 @@
-"""Regenerate demo/photo.png and the maps in sample_masks/ (deterministic; run from the repo root).
+"""Regenerate demo/photo.png, the maps in sample_masks/ and their README (deterministic; run from anywhere).
 
-The demo photo is synthetic (a landscape drawn here), so it carries no third-party licence.
+The demo photo is synthetic (a landscape drawn here), so it carries no third-party licence. Every sample
+map is made by `diffdiff map ...` itself; the command lines are listed in sample_masks/README.md.
 """
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 ROOT = Path(__file__).resolve().parent.parent
+MASKS = ROOT / "sample_masks"
 WIDTH, HEIGHT = 384, 256
+SIZE = f"{WIDTH}x{HEIGHT}"
+
+# name -> (what it does, the diffdiff commands that make it; "{tmp}" is a scratch folder, "{out}" the file)
+SAMPLES: dict[str, tuple[str, list[str]]] = {
+    "gradient-left-right.png": ("keep the left edge, change more towards the right",
+                                [f"map gradient --size {SIZE} --angle 0 -o {{out}}"]),
+    "gradient-right-left.png": ("keep the right edge, change more towards the left",
+                                [f"map gradient --size {SIZE} --angle 180 -o {{out}}"]),
+    "gradient-bottom-up.png": ("keep the bottom, change more towards the top",
+                               [f"map gradient --size {SIZE} --angle 90 -o {{out}}"]),
+    "gradient-top-down.png": ("keep the top, change more towards the bottom",
+                              [f"map gradient --size {SIZE} --angle 270 -o {{out}}"]),
+    "sky-top-down.png": ("change the sky fully, fading out to keep the lower 40 % (the demo photo's ground)",
+                         [f"map gradient --size {SIZE} --angle 90 -o {{tmp}}/ramp.png",
+                          "map levels {tmp}/ramp.png --levels 0.4:1 -o {out}"]),
+    "radial-center.png": ("change the middle most, fading to keep the edges",
+                          [f"map radial --size {SIZE} --radius 192,128 --falloff linear -o {{out}}"]),
+    "vignette.png": ("keep the middle, change more towards the corners",
+                     [f"map radial --size {SIZE} --radius 230,153 --from 0 --to 1 -o {{out}}"]),
+    "bands-5.png": ("five constant strengths, 0, 0.25, 0.5, 0.75, 1 from left to right: what each level does",
+                    [f"map gradient --size {SIZE} --bands 5 -o {{out}}"]),
+    "soft-ellipse.png": ("change an ellipse fully, with a soft edge; keep the rest",
+                         [f"map radial --size {SIZE} --radius 150,100 --falloff linear -o {{tmp}}/cone.png",
+                          "map levels {tmp}/cone.png --levels 0:0.4 -o {out}"]),
+    "left-half.png": ("change the left half fully, keep the right half exactly (hard edge)",
+                      [f"map gradient --size {SIZE} --bands 2 --from 1 --to 0 -o {{out}}"]),
+    "left-half-feathered.png": ("the same with a 32 px soft edge reaching into the kept half (`map feather`)",
+                                [f"map gradient --size {SIZE} --bands 2 --from 1 --to 0 -o {{tmp}}/half.png",
+                                 "map feather {tmp}/half.png --radius 32 -o {out}"]),
+}
 
 
 def demo_photo() -> Image.Image:
@@ -36,21 +72,41 @@ def demo_photo() -> Image.Image:
     return Image.fromarray(photo.astype(np.uint8))
 
 
-def save16(values: np.ndarray, name: str) -> None:
-    """Maps are written as 16-bit grayscale PNG so gradients keep their precision."""
-    Image.fromarray(np.round(np.clip(values, 0, 1) * 65535).astype(np.uint16)).save(ROOT / "sample_masks" / name)
+def diffdiff(command: str) -> None:
+    subprocess.run([sys.executable, "-m", "diffdiff_cli", *shlex.split(command)], check=True, cwd=ROOT, capture_output=True)
+
+
+def readme() -> str:
+    lines = [
+        "# Sample change maps",
+        "",
+        f"White = change fully, black = keep exactly, grey = in between. All are {WIDTH}x{HEIGHT} 16-bit grayscale",
+        "PNG (the size of `demo/photo.png`; `diffdiff edit` resizes a map to any image, with a notice). Each was",
+        "made by the `diffdiff map` commands shown; `python tools/make_samples.py` regenerates them and this file.",
+        "",
+        "| map | file | what it does | made with |",
+        "|---|---|---|---|",
+    ]
+    for name, (what, commands) in SAMPLES.items():
+        shown = " ; ".join(f"`diffdiff {c.format(tmp='/tmp', out=name)}`" for c in commands)
+        lines.append(f'| <img src="{name}" width="96" alt="{name}"> | `{name}` | {what} | {shown} |')
+    lines += [
+        "",
+        "See what a map will do with a given number of steps before running an edit:",
+        "`diffdiff map preview ../demo/photo.png bands-5.png --steps 20 -o preview.png`.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
-    (ROOT / "sample_masks").mkdir(exist_ok=True)
+    MASKS.mkdir(exist_ok=True)
     demo_photo().save(ROOT / "demo" / "photo.png")
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
-    save16(np.clip(1 - yy / (HEIGHT * 0.6), 0, 1), "sky-top-down.png")  # sky white, ground black
-    save16(xx / (WIDTH - 1), "gradient-left-right.png")
-    r = np.hypot((xx - WIDTH / 2) / (WIDTH / 2), (yy - HEIGHT / 2) / (HEIGHT / 2))
-    save16(np.clip(1 - r, 0, 1), "radial-center.png")
-    save16((xx < WIDTH / 2).astype(np.float64), "left-half.png")
-    save16(np.floor(xx / WIDTH * 5) / 4, "bands-5.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (_, commands) in SAMPLES.items():
+            for command in commands:
+                diffdiff(command.format(tmp=tmp, out=MASKS / name))
+    (MASKS / "README.md").write_text(readme())
 
 
 if __name__ == "__main__":

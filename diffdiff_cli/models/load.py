@@ -11,9 +11,7 @@ from pathlib import Path
 from diffdiff_cli.errors import InputError, RunError
 from diffdiff_cli.models.registry import ModelSource
 
-# diffusers pipeline classes whose components diffdiff runs as the "sd" family
-SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
-SUPPORTED = "Stable Diffusion 1.x/2.x (StableDiffusionPipeline folders, hub ids and .safetensors files)"
+from diffdiff_cli.families import FAMILIES, Family, family_of_pipeline
 
 
 def quiet_libraries(offline: bool) -> None:
@@ -43,23 +41,38 @@ def quiet_libraries(offline: bool) -> None:
 class ModelConfigs:
     """What `plan` needs, read without any weights."""
 
-    family: str
+    family: Family
     scheduler_config: dict
     vae_scale_factor: int
 
 
 @dataclass
+class Runtime:
+    """Where and how the weights run."""
+
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "auto"  # auto | fp32 | fp16 | bf16
+    offload: str = "none"  # none | model | sequential
+    vae_tiling: bool = False
+    no_t5: bool = False  # SD3: drop the T5 encoder to save memory
+
+    def validate(self) -> None:
+        for flag, value, choices in (
+            ("--device", self.device, ("auto", "cpu", "cuda", "mps")),
+            ("--dtype", self.dtype, ("auto", "fp32", "fp16", "bf16")),
+            ("--offload", self.offload, ("none", "model", "sequential")),
+        ):
+            if value not in choices:
+                raise InputError(f"{flag} {value}: choose one of: {', '.join(choices)}")
+
+
+@dataclass
 class LoadedModel:
     label: str
-    family: str
+    family: Family
     pipe: object
     scheduler_config: dict
-
-
-def family_of(class_name: str, label: str) -> str:
-    if class_name in SD_PIPELINES:
-        return "sd"
-    raise InputError(f"--model {label}: is a {class_name}; diffdiff supports {SUPPORTED}")
+    refiner: object = None  # a loaded SDXL refiner pipeline, or None
 
 
 def _read_json(path: Path, label: str) -> dict:
@@ -127,57 +140,116 @@ def read_configs(source: ModelSource, offline: bool = False, model_config: str |
         from diffdiff_cli.models.builtin import builtin_configs
 
         family, scheduler, factor = builtin_configs(source.value)
-        return ModelConfigs(family, scheduler, factor)
+        return ModelConfigs(FAMILIES[family], scheduler, factor)
     index = _read_json(_folder_file(source, "model_index.json", offline), source.label)
-    family = family_of(index.get("_class_name", "?"), source.label)
+    family = family_of_pipeline(index.get("_class_name", "?"), source.label)
     scheduler = _read_json(_folder_file(source, "scheduler/scheduler_config.json", offline), source.label)
     vae = _read_json(_folder_file(source, "vae/config.json", offline), source.label)
     return ModelConfigs(family, scheduler, 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1))
 
 
-def pick_device():
+def resolve_runtime(runtime: Runtime):
+    """The torch device and dtype: fp32 on the CPU, fp16 on CUDA (bf16 where the GPU has it and fp16 is unsafe)."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
+    if runtime.device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    else:
+        device = runtime.device
+        if device == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+        if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InputError("--device mps: no Apple GPU is available here; use --device cpu or auto")
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local_rank is not None:
+        device = f"cuda:{int(local_rank) % torch.cuda.device_count()}"  # one GPU per process under accelerate/torchrun
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if runtime.dtype != "auto":
+        return torch.device(device), dtypes[runtime.dtype]
+    return torch.device(device), torch.float32 if device == "cpu" else torch.float16
 
 
-def load_model(source: ModelSource, offline: bool = False, model_config: str | None = None) -> LoadedModel:
-    """The whole pipeline, on the best device here, ready for the sampling engine."""
-    quiet_libraries(offline)
-    configs = read_configs(source, offline, model_config)
-    device, dtype = pick_device()
-    from diffusers import StableDiffusionImg2ImgPipeline
+def _from_pretrained(family: Family, where: str, local_only: bool, dtype, runtime: Runtime, **extra):
+    import diffusers
 
+    cls = getattr(diffusers, family.img2img_pipeline)
+    if family.name == "sd":
+        extra.update(safety_checker=None, requires_safety_checker=False)
+    if family.name == "sd3" and runtime.no_t5:
+        extra.update(text_encoder_3=None, tokenizer_3=None)
+    return cls.from_pretrained(where, local_files_only=local_only, dtype=dtype, **extra)
+
+
+def _place(pipe, device, dtype, runtime: Runtime) -> None:
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16; diffusers upcasts it the same way
+    if runtime.vae_tiling:
+        pipe.vae.enable_tiling()
+    if runtime.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif runtime.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+
+
+def _load_pipeline(source: ModelSource, family: Family, offline: bool, model_config, dtype, runtime: Runtime, **extra):
     try:
         if source.kind == "single_file":
             from diffdiff_cli.models.single_file import load_single_file_pipeline
 
-            pipe = load_single_file_pipeline(source.value, model_config, torch_dtype=dtype)
-        else:
-            if source.kind == "builtin":
-                from diffdiff_cli.models.builtin import builtin_folder
+            return load_single_file_pipeline(source.value, model_config, torch_dtype=dtype)
+        if source.kind == "builtin":
+            from diffdiff_cli.models.builtin import builtin_folder
 
-                where = str(builtin_folder(source.value))
-            else:
-                where = source.value
-            pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-                where,
-                local_files_only=offline or source.kind != "hub",
-                safety_checker=None,
-                requires_safety_checker=False,
-                dtype=dtype,
-            )
+            where = str(builtin_folder(source.value))
+        else:
+            where = source.value
+        return _from_pretrained(family, where, offline or source.kind != "hub", dtype, runtime, **extra)
     except InputError:
         raise
+    except MemoryError:
+        raise RunError(f"--model {source.label}: out of memory while loading; try --offload model or --dtype fp16") from None
     except OSError as e:
         raise InputError(f"--model {source.label}: could not load: {_first_line(e)}") from None
-    except (ValueError, RuntimeError, KeyError) as e:
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
         raise RunError(f"--model {source.label}: failed while loading: {_first_line(e)}") from None
-    pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
-    return LoadedModel(source.label, configs.family, pipe, dict(pipe.scheduler.config))
+
+
+def load_model(
+    source: ModelSource,
+    offline: bool = False,
+    model_config: str | None = None,
+    runtime: Runtime | None = None,
+    refiner: ModelSource | None = None,
+) -> LoadedModel:
+    """The whole pipeline (and an SDXL refiner, if asked), placed as `runtime` says."""
+    runtime = runtime or Runtime()
+    runtime.validate()
+    quiet_libraries(offline)
+    configs = read_configs(source, offline, model_config)
+    device, dtype = resolve_runtime(runtime)
+    refiner_pipe = None
+    if refiner is not None:
+        if configs.family.name != "sdxl":
+            raise InputError(f"--refiner: refiners go with SDXL base models; --model {source.label} is {configs.family.label}")
+        refiner_configs = read_configs(refiner, offline)
+        if refiner_configs.family.name != "sdxl":
+            raise InputError(f"--refiner {refiner.label}: is {refiner_configs.family.label}, not an SDXL refiner")
+    pipe = _load_pipeline(source, configs.family, offline, model_config, dtype, runtime)
+    _place(pipe, device, dtype, runtime)
+    if refiner is not None:
+        refiner_pipe = _load_pipeline(refiner, configs.family, offline, None, dtype, runtime, vae=pipe.vae)
+        _place(refiner_pipe, device, dtype, runtime)
+    return LoadedModel(source.label, configs.family, pipe, dict(pipe.scheduler.config), refiner_pipe)
 
 
 def _first_line(error: Exception) -> str:

@@ -40,3 +40,30 @@ class DiscreteTimeNoising:
             return x0 + noise * sigma
         alpha_bar = 1.0 / (1.0 + sigma * sigma)
         return x0 * alpha_bar**0.5 + noise * (1.0 - alpha_bar) ** 0.5
+
+
+class FlowNoising:
+    """Flow-matching models (SD3, Flux): the time axis is sigma itself and q(x0, s) = (1 - s) x0 + s noise.
+
+    The smallest trained level is the scheduler's own sigma_min; timesteps are sigma x num_train_timesteps.
+    """
+
+    def __init__(self, scheduler):
+        self.time_min = float(scheduler.sigma_min)
+        self._per_timestep = 1.0 / scheduler.config.num_train_timesteps
+
+    def time_of(self, timestep: float) -> float:
+        return float(timestep) * self._per_timestep
+
+    def sigma_of(self, time: float) -> float:
+        return float(time)
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, time: float) -> torch.Tensor:
+        return x0 * (1.0 - time) + noise * time
+
+
+def noising_for(scheduler):
+    """The forward-noising rule that matches this scheduler's latents."""
+    if type(scheduler).__name__.startswith("FlowMatch"):
+        return FlowNoising(scheduler)
+    return DiscreteTimeNoising(scheduler)

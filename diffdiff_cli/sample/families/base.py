@@ -1,0 +1,83 @@
+"""What every family adapter shares: the VAE round trip, devices and dtypes, the scheduler in use."""
+
+from __future__ import annotations
+
+import torch
+
+from diffdiff_cli.sample.noising import noising_for
+
+
+class LatentAdapter:
+    """Base for adapters over a diffusers pipeline with `vae`, `image_processor` and `scheduler`."""
+
+    patch = 1  # latent cells per token side; image sides are multiples of vae_scale_factor x patch
+
+    def __init__(self, pipe, guidance: float):
+        self.pipe = pipe
+        self.guidance = guidance
+        self.vae_scale_factor = pipe.vae_scale_factor
+        self.noising = noising_for(pipe.scheduler)
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.vae_scale_factor * self.patch
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    @property
+    def denoiser(self):
+        return self.pipe.unet if getattr(self.pipe, "unet", None) is not None else self.pipe.transformer
+
+    def use_scheduler(self, scheduler) -> None:
+        self.pipe.scheduler = scheduler
+        self.noising = noising_for(scheduler)
+
+    def preprocess(self, image) -> torch.Tensor:
+        """PIL image whose sides are multiples of pixel_multiple -> (1, 3, H, W) in [-1, 1]."""
+        return self.pipe.image_processor.preprocess(image)
+
+    # Latent normalisation: SD/SDXL scale (or mean/std), SD3/Flux shift then scale.
+    def _to_model_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        config = self.pipe.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+            return (latents - mean) * config.scaling_factor / std
+        shift = getattr(config, "shift_factor", None) or 0.0
+        return (latents - shift) * config.scaling_factor
+
+    def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        config = self.pipe.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+            return latents * std / config.scaling_factor + mean
+        shift = getattr(config, "shift_factor", None) or 0.0
+        return latents / config.scaling_factor + shift
+
+    def encode_image(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The clean latent x0; the posterior is sampled with the run's generator first, as diffusers does."""
+        vae = self.pipe.vae
+        posterior = vae.encode(pixels.to(device=self.device, dtype=vae.dtype)).latent_dist
+        return self._to_model_latents(posterior.sample(generator)).to(self.dtype)
+
+    def decode(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Back to pixels in [-1, 1] (unclamped), (B, 3, H, W)."""
+        vae = self.pipe.vae
+        return vae.decode(self._to_vae_latents(latents).to(vae.dtype), return_dict=False)[0]
+
+    def initial_latent(self, scheduler, x0, noise, first_timestep):
+        return scheduler.add_noise(x0, noise, first_timestep.repeat(x0.shape[0]))
+
+
+def classifier_free_guidance(prediction: torch.Tensor, scale: float) -> torch.Tensor:
+    unconditional, conditional = prediction.chunk(2)
+    return unconditional + scale * (conditional - unconditional)

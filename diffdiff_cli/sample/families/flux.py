@@ -1,0 +1,42 @@
+"""Flux: CLIP (pooled) + T5, a transformer over 2x2-packed latents, guidance as an embedding (dev).
+
+The engine keeps latents unpacked (B, C, h, w) so the map lines up cell for cell; packing happens around
+the transformer call only. Flux's scheduler step is elementwise, so stepping unpacked latents is exact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffdiff_cli.sample.families.base import LatentAdapter
+
+
+class FluxAdapter(LatentAdapter):
+    patch = 2
+
+    def encode_prompt(self, prompt: str, negative_prompt: str | None, size: tuple[int, int]):
+        embeds, pooled, text_ids = self.pipe.encode_prompt(prompt, None, device=self.device, num_images_per_prompt=1)
+        return embeds, pooled, text_ids
+
+    def initial_latent(self, scheduler, x0, noise, first_timestep):
+        return scheduler.scale_noise(x0, first_timestep.repeat(x0.shape[0]), noise)
+
+    def denoise(self, latents: torch.Tensor, t, conditioning) -> torch.Tensor:
+        embeds, pooled, text_ids = conditioning
+        batch, channels, height, width = latents.shape
+        packed = self.pipe._pack_latents(latents, batch, channels, height, width)
+        image_ids = self.pipe._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype)
+        guidance = None
+        if self.pipe.transformer.config.guidance_embeds:
+            guidance = torch.full([batch], self.guidance, device=latents.device, dtype=torch.float32)
+        prediction = self.pipe.transformer(
+            hidden_states=packed,
+            timestep=t.expand(batch).to(latents.dtype) / 1000,
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=embeds,
+            txt_ids=text_ids,
+            img_ids=image_ids,
+            return_dict=False,
+        )[0]
+        return self.pipe._unpack_latents(prediction, height * self.vae_scale_factor, width * self.vae_scale_factor, self.vae_scale_factor)

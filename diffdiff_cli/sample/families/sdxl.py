@@ -1,0 +1,82 @@
+"""SDXL: two CLIP encoders, pooled text embeddings and size/crop time ids; an optional refiner.
+
+The refiner continues the same run with the same scheduler: the base denoises the evaluations above the
+hand-over timestep and the refiner the rest, so the threshold ramp runs once across both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from diffdiff_cli.plan import refiner_cutoff
+from diffdiff_cli.sample.families.base import LatentAdapter, classifier_free_guidance
+
+AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # diffusers' defaults, used by refiners
+
+
+@dataclass
+class XLConditioning:
+    embeddings: torch.Tensor
+    text_embeds: torch.Tensor
+    time_ids: torch.Tensor
+
+
+def _xl_conditioning(pipe, prompt: str, negative_prompt: str | None, size: tuple[int, int], guided: bool, device) -> XLConditioning:
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+        prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=guided, negative_prompt=negative_prompt or None
+    )
+    width, height = size
+    projection_dim = (
+        int(pooled.shape[-1]) if pipe.text_encoder_2 is None else pipe.text_encoder_2.config.projection_dim
+    )
+    time_ids, negative_time_ids = pipe._get_add_time_ids(
+        (height, width), (0, 0), (height, width), AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE,
+        (height, width), (0, 0), (height, width), dtype=embeds.dtype, text_encoder_projection_dim=projection_dim,
+    )
+    if guided:
+        embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
+        time_ids = torch.cat([negative_time_ids, time_ids])
+    return XLConditioning(embeds.to(device), pooled.to(device), time_ids.to(device))
+
+
+@dataclass
+class Refiner:
+    pipe: object
+    start: float  # share of the schedule (by training timestep) the base denoises, as diffusers' denoising_start
+
+    @property
+    def cutoff(self) -> float:
+        """Evaluations at timesteps below this go to the refiner."""
+        return refiner_cutoff(self.pipe.scheduler.config.num_train_timesteps, self.start)
+
+
+class StableDiffusionXLAdapter(LatentAdapter):
+    def __init__(self, pipe, guidance: float, refiner: Refiner | None = None):
+        super().__init__(pipe, guidance)
+        self.refiner = refiner
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
+
+    def encode_prompt(self, prompt: str, negative_prompt: str | None, size: tuple[int, int]):
+        base = _xl_conditioning(self.pipe, prompt, negative_prompt, size, self.guided, self.device)
+        if self.refiner is None:
+            return base, None
+        return base, _xl_conditioning(self.refiner.pipe, prompt, negative_prompt, size, self.guided, self.device)
+
+    def denoise(self, latents: torch.Tensor, t, conditioning) -> torch.Tensor:
+        base, refined = conditioning
+        use_refiner = self.refiner is not None and float(t) < self.refiner.cutoff
+        unet, cond = (self.refiner.pipe.unet, refined) if use_refiner else (self.pipe.unet, base)
+        model_input = torch.cat([latents] * 2) if self.guided else latents
+        prediction = unet(
+            model_input.to(unet.dtype),
+            t,
+            encoder_hidden_states=cond.embeddings,
+            added_cond_kwargs={"text_embeds": cond.text_embeds, "time_ids": cond.time_ids},
+            return_dict=False,
+        )[0]
+        return classifier_free_guidance(prediction, self.guidance) if self.guided else prediction
