@@ -52,7 +52,10 @@ def root(
 
 
 # Options shared by `edit` and `plan`.
-ModelOpt = typer.Option("tiny-sd15", "--model", "-m", help="Built-in name, alias (sd15, sd21, ...), hub id, diffusers folder or .safetensors file.")
+ModelOpt = typer.Option(
+    "tiny-sd15", "--model", "-m", envvar="DIFFDIFF_MODEL",
+    help="Built-in name, alias (sd15, sdxl, flux-schnell, ...), hub id, diffusers folder or .safetensors file.",
+)
 SchedulerOpt = typer.Option(None, "--scheduler", help=SCHEDULER_HELP)
 StepsOpt = typer.Option(None, "--steps", help="Sampler steps before --strength cuts the schedule. Default: 30 (4 for turbo/schnell aliases).")
 StrengthOpt = typer.Option(1.0, "--strength", help="Global strength in (0, 1]; a pixel with map value c changes about as much as img2img at c x strength.")
@@ -61,6 +64,7 @@ InvertOpt = typer.Option(False, "--invert-map", help="Read the map as white = ke
 OfflineOpt = typer.Option(False, "--offline", help="Never download: use built-ins, local files and the Hugging Face cache only.")
 ModelConfigOpt = typer.Option(None, "--model-config", help="For a .safetensors file: a diffusers folder whose configs (and tokenizer) match it.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+AllowPickleOpt = typer.Option(False, "--allow-pickle", help="Accept .ckpt/.pt/.bin checkpoints (read with torch's weights_only loader).")
 RefinerOpt = typer.Option(None, "--refiner", help="An SDXL refiner that takes over the end of the schedule (one threshold ramp across both).")
 RefinerStartOpt = typer.Option(0.8, "--refiner-start", help="Share of the schedule the base model runs before the refiner takes over.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | mps.")
@@ -109,7 +113,7 @@ def edit(
     offload: str = OffloadOpt,
     vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode and encode in tiles: large images in less memory."),
     no_t5: bool = typer.Option(False, "--no-t5", help="SD3: leave the T5 text encoder out (less memory, weaker prompts)."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .ckpt/.pt/.bin checkpoints (read with torch's weights_only loader)."),
+    allow_pickle: bool = AllowPickleOpt,
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave images whose output already exists alone (a rerun redoes nothing)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first image that fails (default: report it and go on)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Run the valid images even when others are missing or unreadable (default: stop before loading the model)."),
@@ -186,6 +190,8 @@ def edit(
 
         def load():
             reporter.notice(f"loading model {o['model']}")
+            if o["model"].startswith("tiny-"):
+                reporter.notice(f"{o['model']} has random weights: it shows the mechanics, not pictures; try --model demo or a real checkpoint (sd15, sdxl, ...)")
             return load_model(source_model, offline=o["offline"], model_config=o["model_config"], runtime=runtime, refiner=refiner_model)
 
         report = batch.Report(o["report_path"], to_stdout=o["json_out"])
@@ -254,6 +260,7 @@ def plan(
     model_config: Optional[str] = ModelConfigOpt,
     refiner: Optional[str] = typer.Option(None, "--refiner", help="Mark the evaluations an SDXL refiner would take (the refiner is not loaded)."),
     refiner_start: float = RefinerStartOpt,
+    allow_pickle: bool = AllowPickleOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Show the schedule a run would use, one row per model evaluation, without loading weights."""
@@ -270,34 +277,23 @@ def plan(
         from diffdiff_cli.load import check_image_header
 
         check_image_header(map_path, "--map")
-    source_model = resolve_model(model)
+    source_model = resolve_model(model, allow_pickle=allow_pickle)
 
     from diffdiff_cli.dither import strength_levels
+    from diffdiff_cli.edit import plan_with_map
     from diffdiff_cli.load import load_map
     from diffdiff_cli.models.load import read_configs
-    from diffdiff_cli.plan import banding_warning, schedule_run
-    from diffdiff_cli.prepare_map import MapShaping, dither_prepared, prepare_map
+    from diffdiff_cli.progress import Reporter
 
     configs = read_configs(source_model, offline=offline, model_config=model_config)
-    family, factor = configs.family, configs.vae_scale_factor
-    prepared = None
-    latent_shape = (family.default_size // factor,) * 2
-    if map_path is not None:
-        raw = load_map(map_path, settings.map_channel)
-        prepared = prepare_map(
-            raw, (raw.shape[1], raw.shape[0]), factor, multiple=factor * family.patch, shaping=MapShaping.from_settings(settings)
-        )
-        latent_shape = prepared.latent.shape
-    _, _, the_plan = schedule_run(
-        family, configs.scheduler_config, scheduler, steps, strength, schedule, latent_shape,
-        refiner_start=refiner_start if refiner else None,
+    family = configs.family
+    run = plan_with_map(
+        family, configs.scheduler_config, configs.vae_scale_factor, settings,
+        None if map_path is None else load_map(map_path, settings.map_channel),
+        refiner_start=refiner_start if refiner else None, reporter=Reporter(),
     )
-    change = None
-    if prepared is not None:
-        change = (dither_prepared(prepared, the_plan.thresholds) if dither else prepared).latent
-        warning = banding_warning(the_plan, change)
-        if warning:
-            print(f"diffdiff: warning: {warning}", file=sys.stderr)
+    the_plan = run.plan
+    change = None if run.prepared is None else run.prepared.latent
     report = the_plan.to_json(change)
     report.update(model=model, family=family.name, scheduler=scheduler or configs.scheduler_config.get("_class_name"), strength=strength)
     report.update(strength_levels=strength_levels(the_plan.thresholds).tolist(), dither=dither)

@@ -12,7 +12,11 @@ from typing import Optional
 
 import typer
 
-from diffdiff_cli.cli import InvertOpt, JsonOpt, ModelConfigOpt, ModelOpt, OfflineOpt, ScheduleOpt, SchedulerOpt, StepsOpt, StrengthOpt, app
+from diffdiff_cli.cli import (
+    AllowPickleOpt, DeviceOpt, DtypeOpt, InvertOpt, JsonOpt, ModelConfigOpt, ModelOpt, OfflineOpt, ScheduleOpt, SchedulerOpt,
+    StepsOpt, StrengthOpt,
+    _model_defaults, app,
+)
 from diffdiff_cli.errors import InputError
 from diffdiff_cli.map_options import (
     DitherOpt, MapBlurOpt, MapChannelOpt, MapGammaOpt, MapGrowOpt, MapLevelsOpt, MapMaxOpt, MapMinOpt, StrictSizeOpt, map_settings,
@@ -245,7 +249,7 @@ def map_preview(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Preview file (.png, .jpg, .webp). Default: <photo stem>-preview.png."),
     model: str = ModelOpt,
     scheduler: Optional[str] = SchedulerOpt,
-    steps: int = StepsOpt,
+    steps: Optional[int] = StepsOpt,
     strength: float = StrengthOpt,
     schedule: str = ScheduleOpt,
     invert_map: bool = InvertOpt,
@@ -260,6 +264,7 @@ def map_preview(
     strict_size: bool = StrictSizeOpt,
     offline: bool = OfflineOpt,
     model_config: Optional[str] = ModelConfigOpt,
+    allow_pickle: bool = AllowPickleOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """The photo tinted by the strength each area will really get with these steps, and a legend of the levels."""
@@ -268,6 +273,7 @@ def map_preview(
     from diffdiff_cli.models.registry import resolve_model
     from diffdiff_cli.write import check_output_path
 
+    steps, _ = _model_defaults(model, steps, None)
     settings = EditSettings(
         prompt="", model=model, scheduler=scheduler, steps=steps, strength=strength, schedule=schedule, strict_size=strict_size,
         **map_settings(invert_map, map_channel, map_levels, map_gamma, map_min, map_max, map_grow, map_blur, dither),
@@ -278,26 +284,24 @@ def map_preview(
     check_image_header(photo, "image")
     check_image_header(map_path, "--map")
     check_output_path(output, [photo, map_path])
-    source_model = resolve_model(model)
+    source_model = resolve_model(model, allow_pickle=allow_pickle)
 
+    from diffdiff_cli.edit import plan_with_map
     from diffdiff_cli.load import load_map, load_source
-    from diffdiff_cli.models.load import read_configs
     from diffdiff_cli.map_io import save_picture
-    from diffdiff_cli.prepare_map import MapShaping, dither_prepared, prepare_map
+    from diffdiff_cli.models.load import read_configs
     from diffdiff_cli.preview import legend_rows, preview_strength, render_preview
+    from diffdiff_cli.progress import Reporter
 
     configs = read_configs(source_model, offline=offline, model_config=model_config)
     source = load_source(photo)
     factor = configs.vae_scale_factor
-    prepared = prepare_map(
-        load_map(map_path, map_channel), source.size, factor, multiple=factor * configs.family.patch,
-        shaping=MapShaping.from_settings(settings), strict_size=strict_size, map_label=f"--map {map_path}",
+    run = plan_with_map(
+        configs.family, configs.scheduler_config, factor, settings, load_map(map_path, map_channel), source.size,
+        map_label=f"--map {map_path}", reporter=Reporter(),
     )
-    for notice in prepared.notices:
-        print(f"diffdiff: {notice}", file=sys.stderr)
-    the_plan, scheduler_name = _plan_without_weights(configs, settings, prepared.latent.shape)
-    if dither:
-        prepared = dither_prepared(prepared, the_plan.thresholds)
+    prepared, the_plan = run.prepared, run.plan
+    scheduler_name = scheduler or configs.scheduler_config.get("_class_name", "?")
     strength_map, levels = preview_strength(prepared.latent, the_plan.thresholds, factor, source.size)
     title = f"{model} · {scheduler_name} · {steps} steps · {len(levels)} strength levels" + (" · dither" if dither else "")
     image = render_preview(source.rgb, strength_map, levels, title)
@@ -308,22 +312,6 @@ def map_preview(
     print(f"diffdiff: wrote {output} ({len(levels)} strength levels)", file=sys.stderr)
     if json_out:
         print(json.dumps(record, sort_keys=True))
-
-
-def _plan_without_weights(configs, settings, latent_shape):
-    """The run's plan from the model's configs alone, cut as `edit` cuts it for this image size."""
-    from diffdiff_cli.families import check_scheduler_for
-    from diffdiff_cli.plan import plan_run, prepare_scheduler
-    from diffdiff_cli.sample.noising import noising_for
-    from diffdiff_cli.schedulers import make_scheduler
-
-    family = configs.family
-    check_scheduler_for(family, settings.scheduler)
-    sched = make_scheduler(configs.scheduler_config, settings.scheduler)
-    tokens = (latent_shape[0] // family.patch) * (latent_shape[1] // family.patch)
-    timesteps = prepare_scheduler(sched, settings.steps, settings.strength, family, tokens)
-    the_plan = plan_run(timesteps, sched.order, noising_for(sched), settings.schedule)
-    return the_plan, settings.scheduler or configs.scheduler_config.get("_class_name", "?")
 
 
 @app.command()
@@ -337,14 +325,17 @@ def fan(
     negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
     model: str = ModelOpt,
     scheduler: Optional[str] = SchedulerOpt,
-    steps: int = StepsOpt,
+    steps: Optional[int] = StepsOpt,
     guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale (default: the model family's usual)."),
     schedule: str = ScheduleOpt,
     invert_map: bool = InvertOpt,
     dither: bool = DitherOpt,
     seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed, the same for every cell (default: a new one, printed)."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
     offline: bool = OfflineOpt,
     model_config: Optional[str] = ModelConfigOpt,
+    allow_pickle: bool = AllowPickleOpt,
     json_out: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notices on stderr."),
 ) -> None:
@@ -356,6 +347,7 @@ def fan(
     from diffdiff_cli.write import check_output_path
 
     values = parse_strengths(strengths)
+    steps, guidance = _model_defaults(model, steps, guidance)
     if columns < 1:
         raise InputError(f"--columns {columns}: must be at least 1")
     settings = EditSettings(prompt=prompt, negative_prompt=negative_prompt, model=model, scheduler=scheduler, steps=steps,
@@ -367,22 +359,25 @@ def fan(
     if map_path is not None:
         check_image_header(map_path, "--map")
     check_output_path(output, [image] + ([map_path] if map_path else []))
-    source_model = resolve_model(model)
+    source_model = resolve_model(model, allow_pickle=allow_pickle)
     if model_config is not None and not Path(model_config).is_dir():
         raise InputError(f"--model-config {model_config}: no such folder")
 
     from diffdiff_cli.fan import fan_cells, grid
     from diffdiff_cli.map_io import save_picture
-    from diffdiff_cli.models.load import load_model
+    from diffdiff_cli.models.load import Runtime, load_model
     from diffdiff_cli.progress import Reporter
 
+    runtime = Runtime(device=device, dtype=dtype)
+    runtime.validate()
     reporter = Reporter(quiet=quiet)
     reporter.notice(f"loading model {model}")
-    loaded = load_model(source_model, offline=offline, model_config=model_config)
+    loaded = load_model(source_model, offline=offline, model_config=model_config, runtime=runtime)
     used_seed, cells = fan_cells(loaded, settings, image, values, map_path, reporter)
     picture = grid(cells, columns)
     record = {"fan": image, "prompt": prompt, "negative_prompt": negative_prompt, "model": loaded.label, "steps": steps,
-              "scheduler": scheduler or "default", "seed": used_seed, "strengths": values, "map": map_path,
+              "scheduler": scheduler or "default", "schedule": schedule, "dither": dither, "seed": used_seed,
+              "strengths": values, "map": map_path, "invert_map": invert_map,
               "cells": [label for label, _ in cells], "output": output}
     save_picture(picture, output, record)
     print(f"diffdiff: wrote {output} ({len(cells)} cells, seed {used_seed})", file=sys.stderr, flush=True)

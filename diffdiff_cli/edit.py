@@ -90,6 +90,48 @@ class EditResult:
     seconds: float
 
 
+@dataclass
+class RunPlan:
+    prepared: object  # PreparedMap (dithered when asked), or None without a map
+    scheduler: object
+    timesteps: object
+    plan: Plan
+
+
+def plan_with_map(
+    family, scheduler_config: dict, factor: int, settings: EditSettings, raw_map=None, image_size=None,
+    seed: int | None = None, refiner_start: float | None = None, map_label: str = "--map", reporter: Reporter | None = None,
+) -> RunPlan:
+    """Weights-free part of a run: shape the map onto the latent grid, plan the schedule, dither.
+
+    `raw_map` is the map's values at its own size; `image_size` the image it applies to (default: the
+    map's size). Without a map the family's usual resolution is planned.
+    """
+    prepared = None
+    latent_shape = (family.default_size // factor,) * 2
+    if raw_map is not None:
+        size = image_size or (raw_map.shape[1], raw_map.shape[0])
+        prepared = prepare_map(
+            raw_map, size, factor, multiple=factor * family.patch, shaping=MapShaping.from_settings(settings),
+            strict_size=settings.strict_size, map_label=map_label,
+        )
+        for notice in prepared.notices:
+            if reporter is not None:
+                reporter.notice(notice)
+        latent_shape = prepared.latent.shape
+    scheduler, timesteps, plan = schedule_run(
+        family, scheduler_config, settings.scheduler, settings.steps, settings.strength, settings.schedule,
+        latent_shape, seed, refiner_start=refiner_start,
+    )
+    if prepared is not None:
+        if settings.dither:
+            prepared = dither_prepared(prepared, plan.thresholds)
+        warning = banding_warning(plan, prepared.latent)
+        if warning and reporter is not None:
+            reporter.warn(warning)
+    return RunPlan(prepared, scheduler, timesteps, plan)
+
+
 def compute_edit(
     model, settings: EditSettings, image_path: str, map_path: str, reporter: Reporter | None = None, label: str | None = None
 ) -> EditResult:
@@ -110,24 +152,14 @@ def compute_edit(
     family = model.family
     refiner = Refiner(model.refiner, settings.refiner_start) if model.refiner is not None else None
     adapter = adapter_for(family.name, model.pipe, settings.guidance_for(family), refiner=refiner)
-    factor, multiple = adapter.vae_scale_factor, adapter.pixel_multiple
-    prepared = prepare_map(
-        load_map(map_path, settings.map_channel), source.size, factor, multiple=multiple,
-        shaping=MapShaping.from_settings(settings), strict_size=settings.strict_size, map_label=f"--map {map_path}",
+    multiple = adapter.pixel_multiple
+    run = plan_with_map(
+        family, model.scheduler_config, adapter.vae_scale_factor, settings, load_map(map_path, settings.map_channel),
+        source.size, seed, refiner_start=settings.refiner_start if refiner else None, map_label=f"--map {map_path}",
+        reporter=reporter,
     )
-    for notice in prepared.notices:
-        reporter.notice(notice)
-
-    scheduler, timesteps, plan = schedule_run(
-        family, model.scheduler_config, settings.scheduler, settings.steps, settings.strength, settings.schedule,
-        prepared.latent.shape, seed, refiner_start=settings.refiner_start if refiner else None,
-    )
+    prepared, scheduler, timesteps, plan = run.prepared, run.scheduler, run.timesteps, run.plan
     adapter.use_scheduler(scheduler)
-    if settings.dither:
-        prepared = dither_prepared(prepared, plan.thresholds)
-    warning = banding_warning(plan, prepared.latent)
-    if warning:
-        reporter.warn(warning)
 
     generator = torch.Generator("cpu").manual_seed(seed)
     with torch.inference_mode():

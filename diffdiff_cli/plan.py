@@ -46,8 +46,13 @@ class Plan:
         """How many different amounts of change a pixel can receive under binary masks.
 
         A pixel's outcome is fixed by the first evaluation that frees it; pixels never freed are kept.
+        Being pinned at the first evaluation changes nothing (the run starts from q(x0, t_first)
+        everywhere), so pixels freed there and at the next distinct threshold end alike: the count
+        is the number of distinct thresholds (the kept class included, the first merged).
         """
-        return len({round(float(t), 9) for t in self.thresholds}) + 1
+        from diffdiff_cli.dither import strength_levels
+
+        return len(strength_levels(self.thresholds))
 
     def to_json(self, change_latent: np.ndarray | None = None) -> dict:
         rows = []

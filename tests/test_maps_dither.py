@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import save_map
 from diffdiff_cli.dither import dither, effective_strength, level_representatives, strength_levels
 from diffdiff_cli.edit import EditSettings, compute_edit
 from diffdiff_cli.models.builtin import SD15_SCHEDULER

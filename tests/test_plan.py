@@ -89,9 +89,10 @@ def test_distinct_levels_count_freeing_times_plus_kept():
     scheduler = make_scheduler(SD15_SCHEDULER, "heun")
     timesteps = prepare_scheduler(scheduler, 5, 1.0)
     plan = plan_run(timesteps, scheduler.order, DiscreteTimeNoising(scheduler))
-    # Heun evaluates 9 times at 5 distinct levels; pixels below every threshold are kept: 6 outcomes
+    # Heun evaluates 9 times at 5 distinct thresholds; pinning at the first evaluation is a no-op, so
+    # "freed first" and "freed second" end alike, and pixels below every threshold are kept: 5 outcomes
     assert len(plan.evaluations) == 9
-    assert plan.distinct_levels() == 6
+    assert plan.distinct_levels() == 5
 
 
 def test_sigma_of_reads_the_training_schedule():

@@ -225,13 +225,13 @@ def build_tiny_sd15():
     )
 
 
-def build_tiny_sdxl():
-    """SDXL: two CLIP encoders (the second with projection, wider), size/crop time ids, an fp16-unsafe VAE."""
+def _tiny_xl_unet(cross_attention_dim: int, time_ids: int, seed: int):
+    """SDXL's UNet layout, tiny: linear projections, text+time added embeddings (6 time ids, 5 for refiners)."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
         sample_size=32,
         in_channels=4,
         out_channels=4,
@@ -244,17 +244,23 @@ def build_tiny_sdxl():
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=32 + 64,
+        projection_class_embeddings_input_dim=time_ids * 8 + 32,
+        cross_attention_dim=cross_attention_dim,
         norm_num_groups=32,
     )
+
+
+def build_tiny_sdxl():
+    """SDXL: two CLIP encoders (the second with projection, wider), size/crop time ids, an fp16-unsafe VAE."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+
     return StableDiffusionXLImg2ImgPipeline(
         vae=_tiny_vae(scaling_factor=0.13025, force_upcast=True),
         text_encoder=_tiny_clip(32),
         text_encoder_2=_tiny_clip(64, with_projection=True, seed=1),
         tokenizer=_clip_tokenizer(),
         tokenizer_2=_clip_tokenizer(),
-        unet=unet,
+        unet=_tiny_xl_unet(cross_attention_dim=32 + 64, time_ids=6, seed=0),
         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
         requires_aesthetics_score=False,
         force_zeros_for_empty_prompt=True,
@@ -263,34 +269,15 @@ def build_tiny_sdxl():
 
 def build_tiny_sdxl_refiner():
     """An SDXL refiner: the second text encoder only, aesthetic-score time ids; pairs with tiny-sdxl."""
-    import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
 
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=5 * 8 + 32,
-        cross_attention_dim=64,
-        norm_num_groups=32,
-    )
     return StableDiffusionXLImg2ImgPipeline(
         vae=_tiny_vae(scaling_factor=0.13025, force_upcast=True),
         text_encoder=None,
         text_encoder_2=_tiny_clip(64, with_projection=True, seed=1),
         tokenizer=None,
         tokenizer_2=_clip_tokenizer(),
-        unet=unet,
+        unet=_tiny_xl_unet(cross_attention_dim=64, time_ids=5, seed=1),
         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,

@@ -42,26 +42,24 @@ class LatentAdapter:
         """PIL image whose sides are multiples of pixel_multiple -> (1, 3, H, W) in [-1, 1]."""
         return self.pipe.image_processor.preprocess(image)
 
-    # Latent normalisation: SD/SDXL scale (or mean/std), SD3/Flux shift then scale.
-    def _to_model_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    # Latent normalisation, written as diffusers writes it (so results match bit for bit):
+    # SD/SDXL scale (or per-channel mean/std), SD3/Flux shift then scale.
+    def _latent_stats(self, latents: torch.Tensor):
+        """(offset, per-channel std or None, scaling factor) of the VAE's latent space."""
         config = self.pipe.vae.config
         mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
         if mean is not None and std is not None:
-            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
-            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
-            return (latents - mean) * config.scaling_factor / std
-        shift = getattr(config, "shift_factor", None) or 0.0
-        return (latents - shift) * config.scaling_factor
+            as_tensor = lambda values: torch.tensor(values).view(1, -1, 1, 1).to(latents)  # noqa: E731
+            return as_tensor(mean), as_tensor(std), config.scaling_factor
+        return getattr(config, "shift_factor", None) or 0.0, None, config.scaling_factor
+
+    def _to_model_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        offset, std, scale = self._latent_stats(latents)
+        return (latents - offset) * scale if std is None else (latents - offset) * scale / std
 
     def _to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        config = self.pipe.vae.config
-        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
-            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
-            return latents * std / config.scaling_factor + mean
-        shift = getattr(config, "shift_factor", None) or 0.0
-        return latents / config.scaling_factor + shift
+        offset, std, scale = self._latent_stats(latents)
+        return latents / scale + offset if std is None else latents * std / scale + offset
 
     def encode_image(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The clean latent x0; the posterior is sampled with the run's generator first, as diffusers does."""

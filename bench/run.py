@@ -1,0 +1,262 @@
+"""diffdiff benchmarks: engine overhead, start-up, batch amortisation, memory, and a per-step profile.
+
+Run with `make bench`. Prints a table and writes bench/results.json. Every comparison is measured
+side by side in one run, alternating A and B, as the median of several repeats after a warm-up.
+Not part of the tests: timings depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DIFFDIFF = str(BIN / "diffdiff")
+
+
+def write_inputs(folder: Path, size: int, count: int = 1) -> tuple[list[str], str]:
+    photos = []
+    for i in range(count):
+        rs = np.random.RandomState(i)
+        image = Image.fromarray((rs.rand(size // 8, size // 8, 3) * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+        path = folder / f"photo{size}-{i}.png"
+        image.save(path)
+        photos.append(str(path))
+    gradient = folder / f"gradient{size}.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, size), (size, 1)).astype(np.uint8)).save(gradient)
+    return photos, str(gradient)
+
+
+def alternate(a, b, repeats: int) -> tuple[list[float], list[float]]:
+    """Time a() and b() alternately after one warm-up of each."""
+    a(), b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, sink in ((a, times_a), (b, times_b)):
+            started = time.perf_counter()
+            fn()
+            sink.append(time.perf_counter() - started)
+    return times_a, times_b
+
+
+def engine_overhead(folder: Path, repeats: int) -> list[dict]:
+    """diffdiff's edit (gradient map: masks active every step) vs diffusers' own img2img, same weights.
+
+    SD 1.x and SDXL at 64 and 512 px (the goal), SD3 and Flux at 64 px (reported).
+    """
+    import torch
+
+    from diffdiff_cli.edit import EditSettings, compute_edit
+    from diffdiff_cli.models.load import load_model
+    from diffdiff_cli.models.registry import resolve_model
+    from diffdiff_cli.schedulers import make_scheduler
+
+    rows = []
+    cases = (("tiny-sd15", (64, 512)), ("tiny-sdxl", (64, 512)), ("tiny-sd3", (64,)), ("tiny-flux", (64,)))
+    for name, sizes in cases:
+        model = load_model(resolve_model(name), offline=True)
+        scheduler = None if model.family.flow else "euler"
+        for size in sizes:
+            (photo,), gradient = write_inputs(folder, size)
+            settings = EditSettings(prompt="a stormy sky", steps=20, seed=1, scheduler=scheduler)
+            # SD3/Flux pipelines otherwise resize the image to their default size
+            extra = {"height": size, "width": size} if model.family.flow else {}
+            source = Image.open(photo).convert("RGB")
+
+            def ours():
+                compute_edit(model, settings, photo, gradient)
+
+            def theirs():
+                model.pipe.scheduler = make_scheduler(model.scheduler_config, scheduler, 1)
+                model.pipe("a stormy sky", image=source, strength=1.0, num_inference_steps=20,
+                           guidance_scale=settings.guidance_for(model.family), generator=torch.Generator().manual_seed(1), **extra)
+
+            a, b = alternate(ours, theirs, repeats)
+            ratio = statistics.median(a) / statistics.median(b)
+            graded = not model.family.flow
+            rows.append({"measure": "engine overhead", "case": f"{name} {size}px 20 steps", "diffdiff_s": statistics.median(a),
+                         "diffusers_s": statistics.median(b), "ratio": ratio, "goal": "<= 1.01" if graded else "(reported)",
+                         "met": ratio <= 1.01 if graded else None})
+    return rows
+
+
+def wall(command: list[str], repeats: int, env=None) -> float:
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True, env=env)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
+def startup(folder: Path, repeats: int) -> list[dict]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    (_,), gradient = write_inputs(folder, 64)
+    help_s = wall([DIFFDIFF, "--help"], repeats, env)
+    plan_s = wall([DIFFDIFF, "plan", "--map", gradient, "--steps", "20", "--scheduler", "euler", "--json"], repeats, env)
+    import_s = wall([sys.executable, "-c", "import diffusers"], repeats, env)
+    ratio = help_s / import_s
+    return [
+        {"measure": "start-up", "case": "diffdiff --help", "seconds": help_s, "import_diffusers_s": import_s, "ratio": ratio,
+         "goal": "<= 0.3 s and <= 0.1x import", "met": help_s <= 0.3 and ratio <= 0.1},
+        {"measure": "start-up", "case": "diffdiff plan (no weights)", "seconds": plan_s, "import_diffusers_s": import_s,
+         "ratio": plan_s / import_s, "goal": "(reported)", "met": None},
+    ]
+
+
+def batch(folder: Path, repeats: int) -> list[dict]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    photos, gradient = write_inputs(folder, 64, count=8)
+    out = folder / "batch-out"
+    out.mkdir(exist_ok=True)
+    common = ["--map", gradient, "-p", "autumn", "--steps", "20", "--seed", "1", "-q"]
+    one_call = [DIFFDIFF, "edit", *photos, "--out-dir", str(out), *common]
+
+    def separate():
+        for i, photo in enumerate(photos):
+            subprocess.run([DIFFDIFF, "edit", photo, "-o", str(out / f"s{i}.png"), *common], capture_output=True, check=True, env=env)
+
+    def together():
+        subprocess.run(one_call, capture_output=True, check=True, env=env)
+
+    a, b = alternate(together, separate, max(2, repeats // 2))
+    ratio = statistics.median(a) / statistics.median(b)
+    return [{"measure": "batch", "case": "8 images x 64px: one call vs 8 calls", "one_call_s": statistics.median(a),
+             "separate_calls_s": statistics.median(b), "ratio": ratio, "goal": "<= 0.35", "met": ratio <= 0.35}]
+
+
+_MEMORY_CHILD = """
+import resource, sys
+from diffdiff_cli.edit import EditSettings, compute_edit
+from diffdiff_cli.models.load import load_model
+from diffdiff_cli.models.registry import resolve_model
+model = load_model(resolve_model("tiny-sd15"), offline=True)
+compute_edit(model, EditSettings(prompt="x", steps=int(sys.argv[3]), seed=1, scheduler="euler"), sys.argv[1], sys.argv[2])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def memory(folder: Path, repeats: int) -> list[dict]:
+    """Peak RSS of a whole 512 px edit at 100 vs 10 steps (no per-step copies of the latent are kept)."""
+    (photo,), gradient = write_inputs(folder, 512)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    peaks = {}
+    for steps in (10, 100):
+        runs = [int(subprocess.run([sys.executable, "-c", _MEMORY_CHILD, photo, gradient, str(steps)], capture_output=True,
+                                   text=True, check=True, env=env).stdout.split()[-1]) for _ in range(max(1, repeats // 3))]
+        peaks[steps] = statistics.median(runs) / 1024  # MiB (ru_maxrss is KiB on Linux)
+    ratio = peaks[100] / peaks[10]
+    return [{"measure": "memory", "case": "peak RSS, 512px, 100 vs 10 steps", "rss_10_steps_mib": peaks[10],
+             "rss_100_steps_mib": peaks[100], "ratio": ratio, "goal": "<= 1.02", "met": ratio <= 1.02}]
+
+
+def profile(folder: Path) -> list[dict]:
+    """Where one edit's time goes, per step: the model call, the mask and blend, the scheduler step."""
+    from diffdiff_cli.edit import EditSettings, compute_edit
+    from diffdiff_cli.models.load import load_model
+    from diffdiff_cli.models.registry import resolve_model
+    from diffdiff_cli.sample import engine
+
+    model = load_model(resolve_model("tiny-sd15"), offline=True)
+    (photo,), gradient = write_inputs(folder, 512)
+    spent = {"model call": 0.0, "mask and blend": 0.0, "scheduler step": 0.0}
+
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - started
+        return wrapper
+
+    original_keep = engine.keep_weights
+    from diffdiff_cli.sample.families.sd import StableDiffusionAdapter
+
+    original_denoise = StableDiffusionAdapter.denoise
+    StableDiffusionAdapter.denoise = timed(original_denoise, "model call")
+    engine.keep_weights = timed(original_keep, "mask and blend")
+    from diffdiff_cli.sample import noising
+
+    original_noised = noising.DiscreteTimeNoising.noised
+    noising.DiscreteTimeNoising.noised = timed(original_noised, "mask and blend")
+    import diffusers
+
+    original_step = diffusers.EulerDiscreteScheduler.step
+    diffusers.EulerDiscreteScheduler.step = timed(original_step, "scheduler step")
+    try:
+        settings = EditSettings(prompt="x", steps=20, seed=1, scheduler="euler")
+        compute_edit(model, settings, photo, gradient)  # warm-up
+        for key in spent:
+            spent[key] = 0.0
+        started = time.perf_counter()
+        compute_edit(model, settings, photo, gradient)
+        total = time.perf_counter() - started
+    finally:
+        StableDiffusionAdapter.denoise = original_denoise
+        engine.keep_weights = original_keep
+        noising.DiscreteTimeNoising.noised = original_noised
+        diffusers.EulerDiscreteScheduler.step = original_step
+    rows = [{"measure": "profile", "case": f"tiny-sd15 512px 20 steps: {key}", "seconds": value, "per_step_ms": value / 20 * 1000,
+             "share": value / total} for key, value in spent.items()]
+    rest = total - sum(spent.values())
+    rows.append({"measure": "profile", "case": "tiny-sd15 512px 20 steps: encode, decode, I/O", "seconds": rest, "per_step_ms": None,
+                 "share": rest / total})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("measure", "case", "A", "B", "ratio", "goal", "met", title="diffdiff benchmarks")
+    for row in rows:
+        a = row.get("diffdiff_s", row.get("one_call_s", row.get("rss_100_steps_mib", row.get("seconds"))))
+        b = row.get("diffusers_s", row.get("separate_calls_s", row.get("rss_10_steps_mib", row.get("import_diffusers_s"))))
+        ratio = row.get("ratio", row.get("share"))
+        met = {True: "yes", False: "NO", None: "-"}[row.get("met")]
+        table.add_row(row["measure"], row["case"], "-" if a is None else f"{a:.4g}", "-" if b is None else f"{b:.4g}",
+                      "-" if ratio is None else f"{ratio:.3f}", row.get("goal", "-"), met)
+    Console(width=160).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="*", choices=["overhead", "startup", "batch", "memory", "profile"])
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    chosen = args.only or ["overhead", "startup", "batch", "memory", "profile"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, fn in (("startup", startup), ("batch", batch), ("memory", memory), ("overhead", engine_overhead)):
+            if name in chosen:
+                rows += fn(folder, args.repeats)
+        if "profile" in chosen:
+            rows += profile(folder)
+    import torch
+
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+               "date": time.strftime("%Y-%m-%d")}
+    print_table(rows)
+    out = ROOT / "bench" / "results.json"
+    out.write_text(json.dumps({"machine": machine, "repeats": args.repeats, "results": rows}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
