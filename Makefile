@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-model demo-check test test-slow clean
+.PHONY: install demo demo-model demo-check test test-slow bench clean
 
 install: $(STAMP)
 
@@ -20,15 +20,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The built-in `demo` model (trained here, shipped in diffdiff_cli/models/demo/): a yellow circle on a blue
-# background, map black | ramp | white from left to right, prompt naming a green background.
+# background, map white | ramp | black from left to right, prompt naming a green background.
 demo: install
 	mkdir -p out
 	$(BIN)/python training/demo.py inputs out
 	$(BIN)/diffdiff edit out/demo-photo.png --map out/demo-map.png --model demo \
-		--prompt "a yellow circle on a green background" --steps 20 --seed 1 --offline -o out/demo.png
+		--prompt "a green background" --negative-prompt "a blue background" --guidance 3 --steps 20 --seed 1 \
+		--offline -o out/demo.png
 	$(BIN)/python training/demo.py strip out
 
-# Retrain the `demo` model from scratch on CPU (about an hour, one thread; resumes from training/work/).
+# Retrain the `demo` model from scratch on CPU (60-80 min on one thread; resumes from training/work/).
 demo-model: install
 	$(BIN)/python training/train.py
 
@@ -41,6 +42,10 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# Speed and memory against plain diffusers (not part of the tests): prints a table, writes bench/results.json.
+bench: install
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

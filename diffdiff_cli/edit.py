@@ -153,6 +153,8 @@ def compute_edit(
     refiner = Refiner(model.refiner, settings.refiner_start) if model.refiner is not None else None
     adapter = adapter_for(family.name, model.pipe, settings.guidance_for(family), refiner=refiner)
     multiple = adapter.pixel_multiple
+    if settings.negative_prompt and not family.negative_prompts:
+        reporter.warn(f"{family.label} models ignore --negative-prompt (no classifier-free guidance)")
     run = plan_with_map(
         family, model.scheduler_config, adapter.vae_scale_factor, settings, load_map(map_path, settings.map_channel),
         source.size, seed, refiner_start=settings.refiner_start if refiner else None, map_label=f"--map {map_path}",

@@ -20,6 +20,7 @@ class Family:
     default_size: int  # the resolution it was trained at (for `plan` without a map)
     fractional_strength: bool = False  # img2img cut int(N - N s) (SD3, Flux) instead of N - int(N s)
     linspace_sigmas: bool = False  # Flux's pipelines pass sigmas = linspace(1, 1/N, N)
+    negative_prompts: bool = True  # Flux (guidance-distilled) has no unconditional branch to steer with
 
 
 _DISCRETE = ("euler", "euler_a", "heun", "lms", "ddim", "pndm", "unipc", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde", "kdpm2")
@@ -40,7 +41,7 @@ FAMILIES: dict[str, Family] = {
     ),
     "flux": Family(
         "flux", "Flux", "FluxImg2ImgPipeline", ("FluxPipeline", "FluxImg2ImgPipeline"), True, 2, ("euler",), 3.5, 1024,
-        fractional_strength=True, linspace_sigmas=True,
+        fractional_strength=True, linspace_sigmas=True, negative_prompts=False,
     ),
 }
 

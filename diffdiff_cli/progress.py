@@ -117,6 +117,8 @@ class StepProgress:
         return self
 
     def __call__(self, evaluation: Evaluation) -> None:
+        if self.reporter.quiet:
+            return
         last = evaluation.index == len(self.plan.evaluations) - 1
         next_step = last or self.plan.evaluations[evaluation.index + 1].step != evaluation.step
         done = evaluation.step + 1 if next_step else evaluation.step
@@ -124,7 +126,7 @@ class StepProgress:
         detail = f"t={evaluation.timestep:.1f} τ={evaluation.threshold:.3f} free {share:5.1%}"
         if self._progress is not None:
             self._progress.update(self._task, completed=done, detail=detail)
-        elif not self.reporter.quiet and next_step:
+        elif next_step:
             tenth = done * 10 // self.plan.steps
             if tenth > self._last_plain or last:
                 self._last_plain = tenth

@@ -155,3 +155,21 @@ def test_sd3_heun_counts_every_evaluation(images):
     result = compute_edit(model("tiny-sd3"), settings(scheduler="heun", steps=5), images["photo"], images["black"])
     assert len(result.plan.evaluations) == 2 * 5 - 1 and result.plan.steps == 5
     assert torch.equal(result.latents, result.x0)
+
+
+def test_nan_in_the_decoded_image_fails_loudly_instead_of_writing_black():
+    from diffdiff_cli.errors import RunError
+    from diffdiff_cli.finish import to_uint8
+
+    decoded = torch.zeros(1, 3, 8, 8)
+    assert to_uint8(decoded).shape == (8, 8, 3)
+    decoded[0, 1, 2, 3] = float("nan")
+    with pytest.raises(RunError, match="NaN"):
+        to_uint8(decoded)
+
+
+def test_flux_warns_that_it_ignores_negative_prompts(images, capsys):
+    from diffdiff_cli.progress import Reporter
+
+    compute_edit(model("tiny-flux"), settings(negative_prompt="blur", steps=2), images["photo"], images["black"], Reporter())
+    assert "ignore --negative-prompt" in capsys.readouterr().err

@@ -14,6 +14,18 @@ from diffdiff_cli.sample.families.base import LatentAdapter
 class FluxAdapter(LatentAdapter):
     patch = 2
 
+    def __init__(self, pipe, guidance: float):
+        super().__init__(pipe, guidance)
+        self._image_ids = {}
+
+    def _ids_for(self, latents: torch.Tensor) -> torch.Tensor:
+        """Position ids of the packed tokens; the same at every evaluation of a run, so made once."""
+        batch, _, height, width = latents.shape
+        key = (batch, height, width, latents.device, latents.dtype)
+        if key not in self._image_ids:
+            self._image_ids[key] = self.pipe._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype)
+        return self._image_ids[key]
+
     def encode_prompt(self, prompt: str, negative_prompt: str | None, size: tuple[int, int]):
         embeds, pooled, text_ids = self.pipe.encode_prompt(prompt, None, device=self.device, num_images_per_prompt=1)
         return embeds, pooled, text_ids
@@ -25,7 +37,7 @@ class FluxAdapter(LatentAdapter):
         embeds, pooled, text_ids = conditioning
         batch, channels, height, width = latents.shape
         packed = self.pipe._pack_latents(latents, batch, channels, height, width)
-        image_ids = self.pipe._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype)
+        image_ids = self._ids_for(latents)
         guidance = None
         if self.pipe.transformer.config.guidance_embeds:
             guidance = torch.full([batch], self.guidance, device=latents.device, dtype=torch.float32)

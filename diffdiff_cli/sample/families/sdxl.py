@@ -73,7 +73,7 @@ class StableDiffusionXLAdapter(LatentAdapter):
         unet, cond = (self.refiner.pipe.unet, refined) if use_refiner else (self.pipe.unet, base)
         model_input = torch.cat([latents] * 2) if self.guided else latents
         prediction = unet(
-            model_input.to(unet.dtype),
+            model_input,
             t,
             encoder_hidden_states=cond.embeddings,
             added_cond_kwargs={"text_embeds": cond.text_embeds, "time_ids": cond.time_ids},
