@@ -219,6 +219,31 @@ def profile(folder: Path) -> list[dict]:
     return rows
 
 
+def band_response(folder: Path, repeats: int) -> list[dict]:
+    """Mean |latent change| per band of a 16-band map (0, 1/15, ..., 1) at 10 steps: how much each grey level
+    changes. With the node's prediction blend a pinned pixel stays exactly on q(x0, .), so low greys change
+    little; without it (before issue 10) every grey behaved about one strength level higher."""
+    from diffdiff_cli.edit import EditSettings, compute_edit
+    from diffdiff_cli.maps import linear_gradient
+    from diffdiff_cli.models.load import load_model
+    from diffdiff_cli.models.registry import resolve_model
+
+    size, bands = 256, 16
+    (photo,), _ = write_inputs(folder, size)
+    band_map = folder / "bands16.png"
+    Image.fromarray(np.round(linear_gradient(size, size, bands=bands) * 255).astype(np.uint8)).save(band_map)
+    rows = []
+    for name, scheduler in (("demo", "euler"), ("tiny-sd15", "euler"), ("tiny-sd15", "dpmpp_2m")):
+        model = load_model(resolve_model(name), offline=True)
+        settings = EditSettings(prompt="a green background", steps=10, seed=1, scheduler=scheduler, guidance=3.0)
+        result = compute_edit(model, settings, photo, str(band_map))
+        per_column = (result.latents - result.x0).abs().float().mean(dim=(0, 1, 2)).numpy()
+        per_band = per_column.reshape(bands, -1).mean(axis=1)
+        rows.append({"measure": "band response", "case": f"{name} {scheduler} 10 steps, 16-band map, mean |dlatent| per band",
+                     "bands": [round(float(v), 4) for v in per_band], "map_values": [round(b / (bands - 1), 3) for b in range(bands)]})
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -237,14 +262,15 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", nargs="*", choices=["overhead", "startup", "batch", "memory", "profile"])
+    parser.add_argument("--only", nargs="*", choices=["overhead", "startup", "batch", "memory", "profile", "bands"])
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    chosen = args.only or ["overhead", "startup", "batch", "memory", "profile"]
+    chosen = args.only or ["overhead", "startup", "batch", "memory", "profile", "bands"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name, fn in (("startup", startup), ("batch", batch), ("memory", memory), ("overhead", engine_overhead)):
+        for name, fn in (("startup", startup), ("batch", batch), ("memory", memory), ("overhead", engine_overhead),
+                         ("bands", band_response)):
             if name in chosen:
                 rows += fn(folder, args.repeats)
         if "profile" in chosen:

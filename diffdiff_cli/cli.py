@@ -296,7 +296,7 @@ def plan(
     change = None if run.prepared is None else run.prepared.latent
     report = the_plan.to_json(change)
     report.update(model=model, family=family.name, scheduler=scheduler or configs.scheduler_config.get("_class_name"), strength=strength)
-    report.update(strength_levels=strength_levels(the_plan.thresholds).tolist(), dither=dither)
+    report.update(strength_levels=strength_levels(the_plan.thresholds, the_plan.level_rule).tolist(), dither=dither)
     if json_out:
         print(json.dumps(report))
         return

@@ -302,7 +302,7 @@ def map_preview(
     )
     prepared, the_plan = run.prepared, run.plan
     scheduler_name = scheduler or configs.scheduler_config.get("_class_name", "?")
-    strength_map, levels = preview_strength(prepared.latent, the_plan.thresholds, factor, source.size)
+    strength_map, levels = preview_strength(prepared.latent, the_plan.thresholds, factor, source.size, the_plan.level_rule)
     title = f"{model} · {scheduler_name} · {steps} steps · {len(levels)} strength levels" + (" · dither" if dither else "")
     image = render_preview(source.rgb, strength_map, levels, title)
     rows = [{"strength": level, "share": share} for level, share in legend_rows(strength_map, levels)]

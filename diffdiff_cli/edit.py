@@ -85,6 +85,7 @@ class EditResult:
     seed: int
     plan: Plan
     x0: object  # clean latent (tensor)
+    noise: object  # the run's noise tensor (the start latent and every pinned copy use it)
     latents: object  # final latent (tensor)
     change_latent: np.ndarray
     seconds: float
@@ -125,7 +126,7 @@ def plan_with_map(
     )
     if prepared is not None:
         if settings.dither:
-            prepared = dither_prepared(prepared, plan.thresholds)
+            prepared = dither_prepared(prepared, plan.thresholds, plan.level_rule)
         warning = banding_warning(plan, prepared.latent)
         if warning and reporter is not None:
             reporter.warn(warning)
@@ -133,9 +134,11 @@ def plan_with_map(
 
 
 def compute_edit(
-    model, settings: EditSettings, image_path: str, map_path: str, reporter: Reporter | None = None, label: str | None = None
+    model, settings: EditSettings, image_path: str, map_path: str, reporter: Reporter | None = None, label: str | None = None,
+    on_model_input=None,
 ) -> EditResult:
-    """Run one edit in memory. `model` is a LoadedModel; nothing is written."""
+    """Run one edit in memory. `model` is a LoadedModel; nothing is written. `on_model_input(evaluation,
+    latents)` sees the latent handed to the model at every evaluation (for tests and diagnostics)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
     from PIL import Image
@@ -173,7 +176,7 @@ def compute_edit(
         change = torch.from_numpy(prepared.latent)[None, None].to(x0.device)
         request = SampleRequest(x0=x0, noise=noise, change=change, conditioning=conditioning, hardness=settings.hardness)
         with reporter.sampling(label or image_path, plan, prepared.latent) as progress:
-            latents = sample(adapter, scheduler, timesteps, plan, request, generator, progress)
+            latents = sample(adapter, scheduler, timesteps, plan, request, generator, progress, on_model_input)
         decoded = adapter.decode(latents, generator)
 
     width, height = source.size
@@ -185,7 +188,7 @@ def compute_edit(
     else:
         result_rgb, untouched = generated, None
     image = restore_mode(result_rgb, source.image, untouched)
-    return EditResult(image, seed, plan, x0, latents, prepared.latent, time.monotonic() - started)
+    return EditResult(image, seed, plan, x0, noise, latents, prepared.latent, time.monotonic() - started)
 
 
 def recorded_settings(model, settings: EditSettings, result: EditResult, image_path: str, map_path: str) -> dict:

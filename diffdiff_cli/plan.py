@@ -25,7 +25,7 @@ class Evaluation:
     step: int  # sampler step it belongs to (order-2 samplers make two evaluations a step)
     timestep: float  # what the denoiser is handed
     time: float  # position on the denoiser's own time axis: the timestep (DDPM family) or sigma (flow)
-    sigma: float | None
+    sigma: float  # the scheduler's own noise level at this evaluation: pinned pixels are noised to it
     threshold: float  # pixels with change >= threshold (and > 0) are free at this evaluation
     denoiser: str = "base"  # "refiner" for the evaluations an SDXL refiner takes over
 
@@ -42,17 +42,28 @@ class Plan:
     def thresholds(self) -> np.ndarray:
         return np.array([e.threshold for e in self.evaluations], dtype=np.float64)
 
-    def distinct_levels(self) -> int:
-        """How many different amounts of change a pixel can receive under binary masks.
+    @property
+    def blends_prediction(self) -> bool:
+        """The node's rule (timestep schedule) also points pinned pixels' predictions at x0; the paper's
+        code (steps schedule) resets the input only."""
+        return self.schedule == "timestep"
 
-        A pixel's outcome is fixed by the first evaluation that frees it; pixels never freed are kept.
-        Being pinned at the first evaluation changes nothing (the run starts from q(x0, t_first)
-        everywhere), so pixels freed there and at the next distinct threshold end alike: the count
-        is the number of distinct thresholds (the kept class included, the first merged).
+    @property
+    def level_rule(self) -> str:
+        """How a pixel's strength follows from the evaluations that pin it (see dither.py)."""
+        return "entry" if self.blends_prediction else "last_reset"
+
+    def distinct_levels(self) -> int:
+        """How many different amounts of change a pixel can receive under binary masks (kept included).
+
+        Timestep schedule: a pixel enters at q(x0, sigma_k) of the first evaluation that frees it, so
+        every distinct threshold is a level, plus "kept". Steps schedule: a pinned pixel still steps
+        with the model's prediction, so being pinned at the first evaluation changes nothing and the
+        first two thresholds give the same level.
         """
         from diffdiff_cli.dither import strength_levels
 
-        return len(strength_levels(self.thresholds))
+        return len(strength_levels(self.thresholds, self.level_rule))
 
     def to_json(self, change_latent: np.ndarray | None = None) -> dict:
         rows = []
@@ -150,7 +161,6 @@ def schedule_run(family, scheduler_config: dict, scheduler_name: str | None, n_s
     evaluations an SDXL refiner takes over.
     """
     from diffdiff_cli.families import check_scheduler_for
-    from diffdiff_cli.sample.noising import noising_for
     from diffdiff_cli.schedulers import make_scheduler
 
     check_scheduler_for(family, scheduler_name)
@@ -160,14 +170,23 @@ def schedule_run(family, scheduler_config: dict, scheduler_name: str | None, n_s
     cutoff = None
     if refiner_start is not None:
         cutoff = refiner_cutoff(scheduler.config.num_train_timesteps, refiner_start)
-    plan = plan_run(timesteps, scheduler.order, noising_for(scheduler), schedule, refiner_cutoff=cutoff)
-    return scheduler, timesteps, plan
+    return scheduler, timesteps, plan_for_scheduler(scheduler, timesteps, schedule, refiner_cutoff=cutoff)
+
+
+def plan_for_scheduler(scheduler, timesteps, schedule: str = "timestep", refiner_cutoff: float | None = None) -> Plan:
+    """The plan of a scheduler already set up for a run: its time axis, and its own sigma at every evaluation."""
+    from diffdiff_cli.sample.noising import evaluation_sigmas, noising_for
+
+    return plan_run(timesteps, scheduler.order, noising_for(scheduler), schedule, refiner_cutoff=refiner_cutoff,
+                    sigmas=evaluation_sigmas(scheduler, timesteps))
 
 
 def plan_run(
-    timesteps, order: int, noising, schedule: str = "timestep", time_end: float | None = None, refiner_cutoff: float | None = None
+    timesteps, order: int, noising, schedule: str = "timestep", time_end: float | None = None,
+    refiner_cutoff: float | None = None, *, sigmas,
 ) -> Plan:
-    """The plan for these timesteps. `noising` maps timesteps to the denoiser's time axis and sigma.
+    """The plan for these timesteps. `noising` maps timesteps to the denoiser's time axis; `sigmas` are the
+    scheduler's own noise levels of the evaluations (`sample.noising.evaluation_sigmas`).
 
     `time_end` is where the run stops on that axis when it stops early; a full run ends below the
     smallest level the model was trained on. With a refiner the run is one schedule: evaluations at
@@ -176,6 +195,8 @@ def plan_run(
     if schedule not in SCHEDULES:
         raise InputError(f"--schedule: unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     ts = [float(t) for t in timesteps]
+    if len(sigmas) != len(ts):
+        raise ValueError(f"plan_run: {len(sigmas)} sigmas for {len(ts)} evaluations")
     times = [noising.time_of(t) for t in ts]
     time_from = times[0]
     time_to = noising.time_min if time_end is None else max(noising.time_min, time_end)
@@ -191,7 +212,7 @@ def plan_run(
             step=int(steps_of[i]),
             timestep=ts[i],
             time=times[i],
-            sigma=noising.sigma_of(times[i]),
+            sigma=float(sigmas[i]),
             threshold=float(thresholds[i]),
             denoiser="refiner" if refiner_cutoff is not None and ts[i] < refiner_cutoff else "base",
         )

@@ -160,6 +160,6 @@ def prepare_map(
     return PreparedMap(pixels=pixels, latent=to_latent_grid(pixels, factor), notices=notices)
 
 
-def dither_prepared(prepared: PreparedMap, thresholds) -> PreparedMap:
+def dither_prepared(prepared: PreparedMap, thresholds, rule: str = "entry") -> PreparedMap:
     """The same map with its latent grid dithered against these thresholds (pixels, for paste-back, unchanged)."""
-    return replace(prepared, latent=dither(prepared.latent, thresholds))
+    return replace(prepared, latent=dither(prepared.latent, thresholds, rule))

@@ -73,7 +73,9 @@ def render_preview(photo_rgb: np.ndarray, strength: np.ndarray, levels: np.ndarr
     return canvas
 
 
-def preview_strength(change_latent: np.ndarray, thresholds, factor: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def preview_strength(
+    change_latent: np.ndarray, thresholds, factor: int, size: tuple[int, int], rule: str = "entry"
+) -> tuple[np.ndarray, np.ndarray]:
     """(strength at each image pixel, the run's levels): what the engine's binary masks will give each area."""
-    cells = effective_strength(change_latent, thresholds)
-    return upsample_cells(cells, factor, size), strength_levels(thresholds)
+    cells = effective_strength(change_latent, thresholds, rule)
+    return upsample_cells(cells, factor, size), strength_levels(thresholds, rule)

@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import save_map, save_rgb
 from diffdiff_cli.edit import EditSettings, compute_edit
 from diffdiff_cli.plan import prepare_scheduler
-from diffdiff_cli.sample.noising import DiscreteTimeNoising
+from diffdiff_cli.sample.noising import DiscreteTimeNoising, current_sigma
 from diffdiff_cli.schedulers import SCHEDULERS, make_scheduler
 
 ALL_SCHEDULERS = [None, *SCHEDULERS]
@@ -100,7 +100,8 @@ def test_pinned_latent_is_the_schedulers_own_forward_process(tiny_model, schedul
     for index, t in enumerate(timesteps):
         if sched.order == 1 or index % 2 == 0:
             expected = sched.add_noise(x0, noise, t[None])
-            assert torch.allclose(noising.noised(x0, noise, float(t)), expected, rtol=1e-4, atol=1e-4), index
+            sigma = current_sigma(sched, t)
+            assert torch.allclose(noising.noised(x0, noise, sigma), expected, rtol=1e-4, atol=1e-4), index
         sched.scale_model_input(x0, t)
         sched.step(torch.zeros_like(x0), t, x0)
 

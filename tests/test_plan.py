@@ -9,7 +9,7 @@ from diffdiff_cli.errors import InputError
 from diffdiff_cli.models.builtin import SD15_SCHEDULER
 from diffdiff_cli.plan import (
     free_mask,
-    plan_run,
+    plan_for_scheduler,
     prepare_scheduler,
     step_indices,
     step_thresholds,
@@ -56,7 +56,7 @@ def test_plan_thresholds_equal_the_formula_at_every_evaluation(name, strength):
     steps = 7
     scheduler = make_scheduler(SD15_SCHEDULER, name)
     timesteps = prepare_scheduler(scheduler, steps, strength)
-    plan = plan_run(timesteps, scheduler.order, DiscreteTimeNoising(scheduler), "timestep")
+    plan = plan_for_scheduler(scheduler, timesteps, "timestep")
 
     # every model evaluation, order-2 intermediates included, exactly the timesteps diffusers' img2img runs
     reference = make_scheduler(SD15_SCHEDULER, name)
@@ -79,28 +79,33 @@ def test_plan_thresholds_equal_the_formula_at_every_evaluation(name, strength):
 def test_steps_schedule_thresholds_by_step_index(name):
     scheduler = make_scheduler(SD15_SCHEDULER, name)
     timesteps = prepare_scheduler(scheduler, 6, 1.0)
-    plan = plan_run(timesteps, scheduler.order, DiscreteTimeNoising(scheduler), "steps")
+    plan = plan_for_scheduler(scheduler, timesteps, "steps")
     assert plan.steps == 6
     for e in plan.evaluations:
         assert e.threshold == pytest.approx(1 - e.step / 6)
 
 
-def test_distinct_levels_count_freeing_times_plus_kept():
+def test_distinct_levels_follow_the_rule_of_each_schedule():
+    from diffdiff_cli.dither import strength_levels
+
     scheduler = make_scheduler(SD15_SCHEDULER, "heun")
     timesteps = prepare_scheduler(scheduler, 5, 1.0)
-    plan = plan_run(timesteps, scheduler.order, DiscreteTimeNoising(scheduler))
-    # Heun evaluates 9 times at 5 distinct thresholds; pinning at the first evaluation is a no-op, so
-    # "freed first" and "freed second" end alike, and pixels below every threshold are kept: 5 outcomes
-    assert len(plan.evaluations) == 9
-    assert plan.distinct_levels() == 5
+    plan = plan_for_scheduler(scheduler, timesteps)
+    assert len(plan.evaluations) == 9  # Heun: 2 evaluations a step, the last step once
+    thresholds = sorted(set(plan.thresholds.tolist()))
+    # the node's rule: a pixel enters at the level of the evaluation that frees it (every threshold is a
+    # level; 0 = kept, which the last threshold here is too)
+    assert strength_levels(plan.thresholds, "entry").tolist() == pytest.approx(sorted({0.0, *thresholds}))
+    assert plan.distinct_levels() == len({0.0, *thresholds}) == 5
+    # the paper's rule (input reset only): pinning at the first evaluation is a no-op, the first two merge
+    steps_plan = plan_for_scheduler(scheduler, timesteps, "steps")
+    d = sorted(set(steps_plan.thresholds.tolist()), reverse=True)
+    assert strength_levels(steps_plan.thresholds, "last_reset").tolist() == pytest.approx(sorted({0.0, 1.0, *d[:-1]}))
+    assert steps_plan.distinct_levels() == len({0.0, 1.0, *d[:-1]})
 
 
-def test_sigma_of_reads_the_training_schedule():
-    scheduler = make_scheduler(SD15_SCHEDULER, "euler")
-    noising = DiscreteTimeNoising(scheduler)
-    a = float(scheduler.alphas_cumprod[500])
-    assert noising.sigma_of(500.0) == pytest.approx(((1 - a) / a) ** 0.5, rel=1e-6)
-    assert noising.variance_exploding
+def test_noising_reads_the_latent_convention_of_the_scheduler():
+    assert DiscreteTimeNoising(make_scheduler(SD15_SCHEDULER, "euler")).variance_exploding
     assert not DiscreteTimeNoising(make_scheduler(SD15_SCHEDULER, "ddim")).variance_exploding
 
 
@@ -114,4 +119,4 @@ def test_unknown_schedule_is_rejected():
     scheduler = make_scheduler(SD15_SCHEDULER, "euler")
     timesteps = prepare_scheduler(scheduler, 3, 1.0)
     with pytest.raises(InputError, match="--schedule"):
-        plan_run(timesteps, 1, DiscreteTimeNoising(scheduler), "sideways")
+        plan_for_scheduler(scheduler, timesteps, "sideways")
