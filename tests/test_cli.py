@@ -138,7 +138,7 @@ def test_plan_json_has_a_row_per_evaluation(images):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     rows = report["evaluations"]
-    assert len(rows) == 20 and report["distinct_levels"] == 21
+    assert len(rows) == 20 and report["distinct_levels"] == 20  # the last threshold is 0: it merges with "kept"
     assert set(rows[0]) >= {"index", "timestep", "sigma", "threshold", "free_share"}
     assert rows[0]["threshold"] == 1.0 and rows[0]["free_share"] == 0.0 and rows[-1]["free_share"] == 1.0
     t0 = rows[0]["timestep"]
