@@ -219,6 +219,17 @@ def test_real_folders_are_recognised(class_name, family):
     assert family_of_pipeline(class_name, "x").name == family
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_a_saved_folder_reads_as_its_built_in(name):
+    """`plan` on a diffusers folder of each family finds the family and the latent grid from its configs."""
+    from diffdiff_cli.models.builtin import builtin_folder
+
+    folder = read_configs(resolve_model(str(builtin_folder(name))), offline=True)
+    built_in = read_configs(resolve_model(name), offline=True)
+    assert folder.family == built_in.family and folder.latent_factor == built_in.latent_factor
+    assert folder.scheduler_config["_class_name"] == "FlowMatchEulerDiscreteScheduler"
+
+
 def test_builtins_aliases_and_few_step_defaults():
     for name in MODELS:
         assert BUILTINS[name].family in FAMILIES
