@@ -259,3 +259,17 @@ def test_schedule_rules_match_the_pipelines_helpers():
             assert empirical_shift(tokens, steps) == compute_empirical_mu(tokens, steps)
     assert pipeline_sigmas("linspace_f32", 9) == get_default_z_image_sigmas(9)
     assert np.array_equal(pipeline_sigmas("linspace", 9), np.linspace(1.0, 1 / 9, 9))
+
+
+def test_the_offline_qwen_tokenizer_has_the_real_special_ids_and_template():
+    from diffdiff_cli.models.qwen_tokenizer import build_qwen_tokenizer
+
+    tokenizer = build_qwen_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")}
+    assert ids == {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<think>": 151667, "</think>": 151668}
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "a red circle"}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    assert text == "<|im_start|>user\na red circle<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a red circle").input_ids) == ["a", "Ġred", "Ġcircle"]
+    assert tokenizer.decode(tokenizer("Ünïcode ✓").input_ids) == "Ünïcode ✓"  # byte-level: nothing is unknown

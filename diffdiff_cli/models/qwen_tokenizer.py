@@ -8,6 +8,8 @@ embedding is sized like the real one), and Qwen3's chat template with its `enabl
 
 from __future__ import annotations
 
+import functools
+
 VOCAB_SIZE = 151936  # the embedding size of Qwen2.5 and Qwen3 checkpoints
 ENDOFTEXT = "<|endoftext|>"
 
@@ -59,13 +61,11 @@ def _train_merges(words) -> list[tuple[str, str]]:
     """
     pieces = [list(p) for w in words for p in (w, "Ġ" + w)]
     merges: list[tuple[str, str]] = []
-    while True:
+    while pieces:
         counts: dict[tuple[str, str], int] = {}
         for piece in pieces:
             for pair in zip(piece, piece[1:]):
                 counts[pair] = counts.get(pair, 0) + 1
-        if not counts:
-            return merges
         best = min(counts, key=lambda pair: (-counts[pair], pair))
         merges.append(best)
         for n, piece in enumerate(pieces):
@@ -78,8 +78,11 @@ def _train_merges(words) -> list[tuple[str, str]]:
                     merged.append(piece[i])
                     i += 1
             pieces[n] = merged
+        pieces = [piece for piece in pieces if len(piece) > 1]  # whole words are done
+    return merges
 
 
+@functools.lru_cache(maxsize=1)
 def qwen_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     symbols = _byte_symbols()
     vocab = {s: i for i, s in enumerate(symbols)}
@@ -97,6 +100,7 @@ def build_qwen_tokenizer(model_max_length: int = 32768):
     from transformers import Qwen2Tokenizer
 
     vocab, merges = qwen_vocab()
+    vocab, merges = dict(vocab), list(merges)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
     tokenizer.add_special_tokens(
         {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS[1:]]}
