@@ -53,10 +53,43 @@ def alternate(a, b, repeats: int) -> tuple[list[float], list[float]]:
     return times_a, times_b
 
 
-def engine_overhead(folder: Path, repeats: int) -> list[dict]:
-    """diffdiff's edit (gradient map: masks active every step) vs diffusers' own img2img, same weights.
+def family_pipeline_kwargs(model, size: int, guidance: float) -> tuple[object, dict]:
+    """The family's own diffusers pipeline and the call arguments that make it the map-1 equivalent of an edit.
 
-    SD 1.x and SDXL at 64 and 512 px (the goal), SD3 and Flux at 64 px (reported).
+    Qwen-Image's guidance is true CFG against the negative " "; FLUX.2 [klein]'s reference is its inpaint
+    pipeline with an all-white mask; Kontext's is FluxKontextPipeline (no strength: it starts from noise),
+    kept at the input's size. The others are their img2img pipelines.
+    """
+    from diffusers import FluxKontextPipeline
+
+    pipe, family = model.pipe, model.family.name
+    kwargs = {"strength": 1.0}
+    if model.family.flow:  # flow pipelines otherwise resize the image to their default size
+        kwargs.update(height=size, width=size)
+    if family == "qwen-image":
+        kwargs.update(true_cfg_scale=guidance, negative_prompt=" ")
+    elif family == "flux2-klein":
+        kwargs.update(guidance_scale=guidance, mask_image=Image.new("L", (size, size), 255))
+    elif family == "kontext":
+        pipe = FluxKontextPipeline(**pipe.components)
+        pipe.set_progress_bar_config(disable=True)
+        kwargs.pop("strength")
+        kwargs.update(guidance_scale=guidance, max_area=size * size, _auto_resize=False)
+    else:
+        kwargs.update(guidance_scale=guidance)
+    return pipe, kwargs
+
+
+OVERHEAD_CASES = (
+    ("tiny-sd15", (64, 512)), ("tiny-sdxl", (64, 512)), ("tiny-sd3", (64,)), ("tiny-flux", (64,)),
+    ("tiny-qwen-image", (64,)), ("tiny-z-image", (64,)), ("tiny-chroma", (64,)), ("tiny-flux2-klein", (64,)), ("tiny-kontext", (64,)),
+)
+
+
+def engine_overhead(folder: Path, repeats: int, models: list[str] | None = None) -> list[dict]:
+    """diffdiff's edit (gradient map: masks active every step) vs the family's own diffusers pipeline, same weights.
+
+    SD 1.x and SDXL at 64 and 512 px (the goal), the flow families at 64 px (reported).
     """
     import torch
 
@@ -66,24 +99,23 @@ def engine_overhead(folder: Path, repeats: int) -> list[dict]:
     from diffdiff_cli.schedulers import make_scheduler
 
     rows = []
-    cases = (("tiny-sd15", (64, 512)), ("tiny-sdxl", (64, 512)), ("tiny-sd3", (64,)), ("tiny-flux", (64,)))
-    for name, sizes in cases:
+    for name, sizes in OVERHEAD_CASES:
+        if models and name not in models:
+            continue
         model = load_model(resolve_model(name), offline=True)
         scheduler = None if model.family.flow else "euler"
         for size in sizes:
             (photo,), gradient = write_inputs(folder, size)
             settings = EditSettings(prompt="a stormy sky", steps=20, seed=1, scheduler=scheduler)
-            # SD3/Flux pipelines otherwise resize the image to their default size
-            extra = {"height": size, "width": size} if model.family.flow else {}
+            pipe, kwargs = family_pipeline_kwargs(model, size, settings.guidance_for(model.family))
 
             def ours():
                 compute_edit(model, settings, photo, gradient)
 
             def theirs():
-                model.pipe.scheduler = make_scheduler(model.scheduler_config, scheduler, 1)
+                pipe.scheduler = make_scheduler(model.scheduler_config, scheduler, 1)
                 source = Image.open(photo).convert("RGB")  # both sides start from the file, as a command does
-                model.pipe("a stormy sky", image=source, strength=1.0, num_inference_steps=20,
-                           guidance_scale=settings.guidance_for(model.family), generator=torch.Generator().manual_seed(1), **extra)
+                pipe(prompt="a stormy sky", image=source, num_inference_steps=20, generator=torch.Generator().manual_seed(1), **kwargs)
 
             a, b = alternate(ours, theirs, repeats)
             ratio = statistics.median(a) / statistics.median(b)
@@ -263,16 +295,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", nargs="*", choices=["overhead", "startup", "batch", "memory", "profile", "bands"])
+    parser.add_argument("--models", nargs="*", help="engine overhead: only these built-ins (rows not measured keep their last values)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     chosen = args.only or ["overhead", "startup", "batch", "memory", "profile", "bands"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name, fn in (("startup", startup), ("batch", batch), ("memory", memory), ("overhead", engine_overhead),
-                         ("bands", band_response)):
+        for name, fn in (("startup", startup), ("batch", batch), ("memory", memory), ("bands", band_response)):
             if name in chosen:
                 rows += fn(folder, args.repeats)
+        if "overhead" in chosen:
+            rows += engine_overhead(folder, args.repeats, args.models)
         if "profile" in chosen:
             rows += profile(folder)
     import torch
@@ -282,6 +316,10 @@ def main() -> None:
                "date": time.strftime("%Y-%m-%d")}
     print_table(rows)
     out = ROOT / "bench" / "results.json"
+    if args.only or args.models:  # a partial run updates its rows and keeps the others from the last run
+        measured = {(row["measure"], row["case"]) for row in rows}
+        previous = json.loads(out.read_text())["results"] if out.is_file() else []
+        rows = [row for row in previous if (row["measure"], row["case"]) not in measured] + rows
     out.write_text(json.dumps({"machine": machine, "repeats": args.repeats, "results": rows}, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 

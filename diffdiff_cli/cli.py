@@ -288,7 +288,7 @@ def plan(
     configs = read_configs(source_model, offline=offline, model_config=model_config)
     family = configs.family
     run = plan_with_map(
-        family, configs.scheduler_config, configs.vae_scale_factor, settings,
+        family, configs.scheduler_config, configs.latent_factor, settings,
         None if map_path is None else load_map(map_path, settings.map_channel),
         refiner_start=refiner_start if refiner else None, reporter=Reporter(),
     )

@@ -295,7 +295,7 @@ def map_preview(
 
     configs = read_configs(source_model, offline=offline, model_config=model_config)
     source = load_source(photo)
-    factor = configs.vae_scale_factor
+    factor = configs.latent_factor
     run = plan_with_map(
         configs.family, configs.scheduler_config, factor, settings, load_map(map_path, map_channel), source.size,
         map_label=f"--map {map_path}", reporter=Reporter(),

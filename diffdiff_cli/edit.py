@@ -159,7 +159,7 @@ def compute_edit(
     if settings.negative_prompt and not family.negative_prompts:
         reporter.warn(f"{family.label} models ignore --negative-prompt (no classifier-free guidance)")
     run = plan_with_map(
-        family, model.scheduler_config, adapter.vae_scale_factor, settings, load_map(map_path, settings.map_channel),
+        family, model.scheduler_config, adapter.latent_factor, settings, load_map(map_path, settings.map_channel),
         source.size, seed, refiner_start=settings.refiner_start if refiner else None, map_label=f"--map {map_path}",
         reporter=reporter,
     )
@@ -172,6 +172,7 @@ def compute_edit(
         conditioning = adapter.encode_prompt(settings.prompt, settings.negative_prompt, padded.size)
         pixels = adapter.preprocess(padded)
         x0 = adapter.encode_image(pixels, generator)
+        conditioning = adapter.with_reference(conditioning, x0)  # Kontext, FLUX.2: the input is also a reference
         noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         change = torch.from_numpy(prepared.latent)[None, None].to(x0.device)
         request = SampleRequest(x0=x0, noise=noise, change=change, conditioning=conditioning, hardness=settings.hardness)

@@ -14,13 +14,16 @@ class Family:
     img2img_pipeline: str  # the diffusers pipeline class diffdiff loads and mirrors
     pipelines: tuple[str, ...]  # model_index.json class names that belong to this family
     flow: bool  # flow matching: the time axis is sigma and q(x0, s) = (1 - s) x0 + s noise
-    patch: int  # latent cells per token side (SD3 patches, Flux packs 2x2): image sides are multiples of 8 x patch
+    patch: int  # engine latent cells per token side (SD3 patches, Flux packs 2x2): sides are multiples of factor x patch
     schedulers: tuple[str, ...]  # --scheduler names that work with it
     default_guidance: float  # the family's usual classifier-free guidance (Flux: its guidance embedding)
     default_size: int  # the resolution it was trained at (for `plan` without a map)
     fractional_strength: bool = False  # img2img cut int(N - N s) (SD3, Flux) instead of N - int(N s)
-    linspace_sigmas: bool = False  # Flux's pipelines pass sigmas = linspace(1, 1/N, N)
+    sigmas: str = "scheduler"  # what the pipeline passes to set_timesteps: see plan.pipeline_sigmas
+    mu: str = "config"  # dynamic shift: "config" (linear in tokens, Flux) or "empirical" (FLUX.2: tokens and steps)
     negative_prompts: bool = True  # Flux (guidance-distilled) has no unconditional branch to steer with
+    latent_patch: int = 1  # VAE latent cells per engine cell side: FLUX.2 normalises 2x2-patchified latents
+    bf16: bool = False  # trained and shipped in bfloat16: fp16 overflows, so GPUs run it in bf16
 
 
 _DISCRETE = ("euler", "euler_a", "heun", "lms", "ddim", "pndm", "unipc", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde", "kdpm2")
@@ -41,7 +44,28 @@ FAMILIES: dict[str, Family] = {
     ),
     "flux": Family(
         "flux", "Flux", "FluxImg2ImgPipeline", ("FluxPipeline", "FluxImg2ImgPipeline"), True, 2, ("euler",), 3.5, 1024,
-        fractional_strength=True, linspace_sigmas=True, negative_prompts=False,
+        fractional_strength=True, sigmas="linspace", negative_prompts=False,
+    ),
+    "qwen-image": Family(
+        "qwen-image", "Qwen-Image", "QwenImageImg2ImgPipeline", ("QwenImagePipeline", "QwenImageImg2ImgPipeline"),
+        True, 2, ("euler",), 4.0, 1328, fractional_strength=True, sigmas="linspace", bf16=True,
+    ),
+    "z-image": Family(
+        "z-image", "Z-Image", "ZImageImg2ImgPipeline", ("ZImagePipeline", "ZImageImg2ImgPipeline"),
+        True, 2, ("euler",), 5.0, 1024, fractional_strength=True, sigmas="linspace_f32", bf16=True,
+    ),
+    "chroma": Family(
+        "chroma", "Chroma", "ChromaImg2ImgPipeline", ("ChromaPipeline", "ChromaImg2ImgPipeline"),
+        True, 2, ("euler",), 5.0, 1024, fractional_strength=True, sigmas="linspace", bf16=True,
+    ),
+    "flux2-klein": Family(
+        "flux2-klein", "FLUX.2 [klein]", "Flux2KleinInpaintPipeline",
+        ("Flux2KleinPipeline", "Flux2KleinInpaintPipeline", "Flux2KleinKVPipeline"),
+        True, 1, ("euler",), 4.0, 1024, fractional_strength=True, sigmas="linspace", mu="empirical", latent_patch=2, bf16=True,
+    ),
+    "kontext": Family(
+        "kontext", "Flux.1 Kontext", "FluxKontextPipeline", ("FluxKontextPipeline", "FluxKontextInpaintPipeline"),
+        True, 2, ("euler",), 2.5, 1024, fractional_strength=True, sigmas="linspace", negative_prompts=False, bf16=True,
     ),
 }
 

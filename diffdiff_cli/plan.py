@@ -113,7 +113,7 @@ def free_share(change: np.ndarray, threshold: float) -> float:
 def strength_cut(n_steps: int, strength: float, fractional: bool = False) -> int:
     """Index of the first step kept, as the family's diffusers img2img pipeline computes it.
 
-    SD 1.x/2.x and SDXL keep int(N * s) steps; SD3 and Flux start at int(N - N * s).
+    SD 1.x/2.x and SDXL keep int(N * s) steps; SD3, Flux and the newer flow families start at int(N - N * s).
     """
     start = int(max(n_steps - n_steps * strength, 0)) if fractional else n_steps - min(int(n_steps * strength), n_steps)
     if n_steps - start < 1:
@@ -132,13 +132,47 @@ def dynamic_shift(config, image_seq_len: int) -> float:
     return image_seq_len * slope + base_shift - slope * base_len
 
 
+def empirical_shift(image_seq_len: int, n_steps: int) -> float:
+    """FLUX.2's shift mu, fitted to token count and step count (diffusers' `compute_empirical_mu`).
+
+    Above 4300 tokens it is linear in the tokens alone; below, it interpolates in the step count
+    between fits made at 10 and 200 steps. Constants as BFL published them.
+    """
+    at_200 = 0.00016927 * image_seq_len + 0.45666666
+    if image_seq_len > 4300:
+        return float(at_200)
+    at_10 = 8.73809524e-05 * image_seq_len + 1.89833333
+    slope = (at_200 - at_10) / 190.0
+    intercept = at_200 - 200.0 * slope
+    return float(slope * n_steps + intercept)
+
+
+def pipeline_sigmas(rule: str, n_steps: int):
+    """The sigmas a family's pipeline hands to `set_timesteps` (None: the scheduler's own spacing).
+
+    "linspace": numpy's linspace(1, 1/N, N) (Flux, Chroma, Qwen-Image, FLUX.2, Kontext); "linspace_f32":
+    the same made by torch in float32 (Z-Image), which differs in the last bit at most N.
+    """
+    if rule == "scheduler":
+        return None
+    if rule == "linspace":
+        return np.linspace(1.0, 1 / n_steps, n_steps)
+    if rule == "linspace_f32":
+        import torch
+
+        return torch.linspace(1.0, 1 / n_steps, n_steps).tolist()
+    raise ValueError(f"unknown sigma rule {rule!r}")
+
+
 def prepare_scheduler(scheduler, n_steps: int, strength: float, family=None, image_seq_len: int = 4096):
     """Set the scheduler up as the family's diffusers img2img pipeline does; return the timesteps to evaluate."""
     kwargs = {}
-    if family is not None and family.linspace_sigmas:
-        kwargs["sigmas"] = np.linspace(1.0, 1 / n_steps, n_steps)
+    sigmas = pipeline_sigmas(family.sigmas, n_steps) if family is not None else None
+    if sigmas is not None:
+        kwargs["sigmas"] = sigmas
     if scheduler.config.get("use_dynamic_shifting"):
-        kwargs["mu"] = dynamic_shift(scheduler.config, image_seq_len)
+        empirical = family is not None and family.mu == "empirical"
+        kwargs["mu"] = empirical_shift(image_seq_len, n_steps) if empirical else dynamic_shift(scheduler.config, image_seq_len)
     scheduler.set_timesteps(n_steps, **kwargs)
     fractional = family is not None and family.fractional_strength
     start = strength_cut(n_steps, strength, fractional) * scheduler.order

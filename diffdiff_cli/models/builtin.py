@@ -361,3 +361,9 @@ _SCHEDULERS = {
     "tiny-sd3": SD3_SCHEDULER,
     "tiny-flux": FLUX_SCHEDULER,
 }
+
+# The 2025-26 families live in their own module; their builders import from this one lazily.
+from diffdiff_cli.models.builtin_2025 import BUILDERS_2025, SCHEDULERS_2025  # noqa: E402
+
+_BUILDERS.update(BUILDERS_2025)
+_SCHEDULERS.update(SCHEDULERS_2025)

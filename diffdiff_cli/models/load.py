@@ -45,6 +45,11 @@ class ModelConfigs:
     scheduler_config: dict
     vae_scale_factor: int
 
+    @property
+    def latent_factor(self) -> int:
+        """Image pixels per engine latent cell side (16 for FLUX.2's patchified latents, else the VAE's)."""
+        return self.vae_scale_factor * self.family.latent_patch
+
 
 @dataclass
 class Runtime:
@@ -145,7 +150,14 @@ def read_configs(source: ModelSource, offline: bool = False, model_config: str |
     family = family_of_pipeline(index.get("_class_name", "?"), source.label)
     scheduler = _read_json(_folder_file(source, "scheduler/scheduler_config.json", offline), source.label)
     vae = _read_json(_folder_file(source, "vae/config.json", offline), source.label)
-    return ModelConfigs(family, scheduler, 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1))
+    return ModelConfigs(family, scheduler, vae_scale_factor_of(vae))
+
+
+def vae_scale_factor_of(vae_config: dict) -> int:
+    """Pixels per VAE latent cell, as the pipelines compute it (Qwen-Image's video VAE counts its downsamples)."""
+    if "temperal_downsample" in vae_config:
+        return 2 ** len(vae_config["temperal_downsample"])
+    return 2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1)
 
 
 def resolve_runtime(runtime: Runtime):
@@ -172,6 +184,15 @@ def resolve_runtime(runtime: Runtime):
     if runtime.dtype != "auto":
         return torch.device(device), dtypes[runtime.dtype]
     return torch.device(device), torch.float32 if device == "cpu" else torch.float16
+
+
+def half_precision_for(family: Family, runtime: Runtime, dtype):
+    """bfloat16 instead of float16 for families shipped in bf16 (their activations overflow fp16), unless asked."""
+    import torch
+
+    if runtime.dtype == "auto" and family.bf16 and dtype == torch.float16:
+        return torch.bfloat16
+    return dtype
 
 
 def _from_pretrained(family: Family, where: str, local_only: bool, dtype, runtime: Runtime, **extra):
@@ -237,6 +258,7 @@ def load_model(
     quiet_libraries(offline)
     configs = read_configs(source, offline, model_config)
     device, dtype = resolve_runtime(runtime)
+    dtype = half_precision_for(configs.family, runtime, dtype)
     refiner_pipe = None
     if refiner is not None:
         if configs.family.name != "sdxl":

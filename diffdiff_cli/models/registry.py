@@ -26,6 +26,11 @@ BUILTINS: dict[str, Builtin] = {
     "tiny-sdxl-refiner": Builtin("tiny-sdxl-refiner", "sdxl", "random weights, refiner for tiny-sdxl"),
     "tiny-sd3": Builtin("tiny-sd3", "sd3", "random weights, built offline (mechanics only)"),
     "tiny-flux": Builtin("tiny-flux", "flux", "random weights, Flux-dev layout, built offline"),
+    "tiny-qwen-image": Builtin("tiny-qwen-image", "qwen-image", "random weights, Qwen-Image layout, built offline"),
+    "tiny-z-image": Builtin("tiny-z-image", "z-image", "random weights, Z-Image layout, built offline"),
+    "tiny-chroma": Builtin("tiny-chroma", "chroma", "random weights, Chroma layout, built offline"),
+    "tiny-flux2-klein": Builtin("tiny-flux2-klein", "flux2-klein", "random weights, FLUX.2 [klein] base layout, built offline"),
+    "tiny-kontext": Builtin("tiny-kontext", "kontext", "random weights, Flux.1 Kontext layout, built offline"),
     "demo": Builtin(
         "demo",
         "sd",
@@ -59,6 +64,14 @@ ALIAS_INFO: dict[str, Alias] = {
     "sd35-large-turbo": Alias("stabilityai/stable-diffusion-3.5-large-turbo", "sd3", "MMDiT 8B + T5 4.7B", steps=4, guidance=0.0),
     "flux-schnell": Alias("black-forest-labs/FLUX.1-schnell", "flux", "transformer 12B + T5 4.7B", steps=4, guidance=0.0),
     "flux-dev": Alias("black-forest-labs/FLUX.1-dev", "flux", "transformer 12B + T5 4.7B"),
+    "flux-kontext": Alias("black-forest-labs/FLUX.1-Kontext-dev", "kontext", "transformer 12B + T5 4.7B"),
+    "qwen-image": Alias("Qwen/Qwen-Image", "qwen-image", "MMDiT 20B + Qwen2.5-VL 7B"),
+    "z-image-turbo": Alias("Tongyi-MAI/Z-Image-Turbo", "z-image", "DiT 6B + Qwen3 4B", steps=8, guidance=0.0),
+    "chroma": Alias("lodestones/Chroma1-HD", "chroma", "transformer 8.9B + T5 4.7B"),
+    "flux2-klein": Alias("black-forest-labs/FLUX.2-klein-4B", "flux2-klein", "transformer 4B + Qwen3 4B", steps=4, guidance=1.0),
+    "flux2-klein-9b": Alias("black-forest-labs/FLUX.2-klein-9B", "flux2-klein", "transformer 9B + Qwen3 8B", steps=4, guidance=1.0),
+    "flux2-klein-base": Alias("black-forest-labs/FLUX.2-klein-base-4B", "flux2-klein", "transformer 4B + Qwen3 4B"),
+    "flux2-klein-base-9b": Alias("black-forest-labs/FLUX.2-klein-base-9B", "flux2-klein", "transformer 9B + Qwen3 8B"),
 }
 ALIASES: dict[str, str] = {name: alias.hub_id for name, alias in ALIAS_INFO.items()}
 

@@ -10,7 +10,9 @@ from diffdiff_cli.sample.noising import noising_for
 class LatentAdapter:
     """Base for adapters over a diffusers pipeline with `vae`, `image_processor` and `scheduler`."""
 
-    patch = 1  # latent cells per token side; image sides are multiples of vae_scale_factor x patch
+    patch = 1  # engine latent cells per token side; image sides are multiples of latent_factor x patch
+    latent_patch = 1  # VAE latent cells per engine cell side (FLUX.2 works on 2x2-patchified latents)
+    posterior_mode = False  # encode with the posterior's mode (Kontext, FLUX.2) instead of a seeded sample
 
     def __init__(self, pipe, guidance: float):
         self.pipe = pipe
@@ -19,8 +21,13 @@ class LatentAdapter:
         self.noising = noising_for(pipe.scheduler)
 
     @property
+    def latent_factor(self) -> int:
+        """Image pixels per engine latent cell side: the grid the map is resampled to."""
+        return self.vae_scale_factor * self.latent_patch
+
+    @property
     def pixel_multiple(self) -> int:
-        return self.vae_scale_factor * self.patch
+        return self.latent_factor * self.patch
 
     @property
     def device(self) -> torch.device:
@@ -65,7 +72,15 @@ class LatentAdapter:
         """The clean latent x0; the posterior is sampled with the run's generator first, as diffusers does."""
         vae = self.pipe.vae
         posterior = vae.encode(pixels.to(device=self.device, dtype=vae.dtype)).latent_dist
-        return self._to_model_latents(posterior.sample(generator)).to(self.dtype)
+        latents = posterior.mode() if self.posterior_mode else posterior.sample(generator)
+        return self._to_model_latents(latents).to(self.dtype)
+
+    def with_reference(self, conditioning, x0: torch.Tensor):
+        """Conditioning that also carries the input image, for models that attend to it (Kontext, FLUX.2).
+
+        Called once per run with the clean latent; the default adds nothing.
+        """
+        return conditioning
 
     def decode(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Back to pixels in [-1, 1] (unclamped), (B, 3, H, W)."""

@@ -2,6 +2,7 @@
 
 The engine keeps latents unpacked (B, C, h, w) so the map lines up cell for cell; packing happens around
 the transformer call only. Flux's scheduler step is elementwise, so stepping unpacked latents is exact.
+Conditioning is (embeds, pooled, text_ids), plus (reference tokens, their ids) for Kontext (kontext.py).
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ class FluxAdapter(LatentAdapter):
         return scheduler.scale_noise(x0, first_timestep.repeat(x0.shape[0]), noise)
 
     def denoise(self, latents: torch.Tensor, t, conditioning) -> torch.Tensor:
-        embeds, pooled, text_ids = conditioning
+        embeds, pooled, text_ids, *reference = conditioning
         batch, channels, height, width = latents.shape
         packed = self.pipe._pack_latents(latents, batch, channels, height, width)
+        tokens = packed.shape[1]
         image_ids = self._ids_for(latents)
+        if reference:  # reference tokens join the sequence; their predictions are dropped
+            reference_tokens, reference_ids = reference
+            packed = torch.cat([packed, reference_tokens.to(packed.dtype)], dim=1)
+            image_ids = torch.cat([image_ids, reference_ids], dim=0)
         guidance = None
         if self.pipe.transformer.config.guidance_embeds:
             guidance = torch.full([batch], self.guidance, device=latents.device, dtype=torch.float32)
@@ -50,5 +56,5 @@ class FluxAdapter(LatentAdapter):
             txt_ids=text_ids,
             img_ids=image_ids,
             return_dict=False,
-        )[0]
+        )[0][:, :tokens]
         return self.pipe._unpack_latents(prediction, height * self.vae_scale_factor, width * self.vae_scale_factor, self.vae_scale_factor)
