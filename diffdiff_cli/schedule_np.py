@@ -200,9 +200,17 @@ def unsupported(setup: SchedulerSetup, family) -> str | None:
         return "timesteps truncated to integers"
     if setup.attr("use_dynamic_shifting") and cls != "FlowMatchEulerDiscreteScheduler":
         return "use_dynamic_shifting on a class without it"  # prepare_scheduler would hand it a mu it refuses
-    if family.linspace_sigmas and cls != "FlowMatchEulerDiscreteScheduler":
+    if _custom_sigmas(family, 1) is not None and cls != "FlowMatchEulerDiscreteScheduler":
         return "custom sigmas on a class without them"
     return None
+
+
+def _custom_sigmas(family, n_steps: int):
+    """The sigmas `plan.prepare_scheduler` hands `set_timesteps` (Flux: linspace(1, 1/N, N)), or None.
+
+    A Family without `linspace_sigmas` describes its sigmas in fields `unsupported` does not know, and is
+    left to diffusers there."""
+    return np.linspace(1.0, 1 / n_steps, n_steps) if getattr(family, "linspace_sigmas", False) else None
 
 
 def resolve(family, config: dict, name: str | None) -> SchedulerSetup | None:
@@ -644,7 +652,7 @@ def numpy_schedule(family, config: dict, name: str | None, n_steps: int, strengt
         return None  # diffusers refuses it with its own message
     if cls == "PNDMScheduler" and not p["skip_prk_steps"] and n_steps < 4:
         return None  # too few steps for its Runge-Kutta warm-up: diffusers fails, and so should this
-    custom = np.linspace(1.0, 1 / n_steps, n_steps) if family.linspace_sigmas else None
+    custom = _custom_sigmas(family, n_steps)
     mu = dynamic_shift({**setup.extra, **p}, image_seq_len) if setup.attr("use_dynamic_shifting") else None
     timesteps, laid_out = _BUILD[cls](setup, n_steps, custom_sigmas=custom, mu=mu)
     order = ORDER.get(cls, 1)

@@ -62,11 +62,12 @@ _BUILT: dict = {}
 
 def assert_same_plan(family, config, name, steps, strength, latent=(8, 8), refiner_start=None):
     tokens = (latent[0] // family.patch) * (latent[1] // family.patch)
-    assert numpy_schedule(family, config, name, steps, strength, tokens) is not None, "expected the numpy path"
-    _, timesteps, want = schedule_run(family, config, name, steps, strength, "timestep", latent, seed=1, refiner_start=refiner_start)
+    computed = numpy_schedule(family, config, name, steps, strength, tokens)
+    assert computed is not None, "expected the numpy path"
+    scheduler, timesteps, want = schedule_run(family, config, name, steps, strength, "timestep", latent, seed=1, refiner_start=refiner_start)
     got = plan_schedule(family, config, name, steps, strength, "timestep", latent, seed=1, refiner_start=refiner_start)
     label = f"{config.get('_class_name')} {name} steps={steps} strength={strength}"
-    assert len(got.evaluations) == len(want.evaluations), label
+    assert computed.order == scheduler.order and len(got.evaluations) == len(want.evaluations), label
     assert got.steps == want.steps, label
     column = lambda plan, key: np.array([getattr(e, key) for e in plan.evaluations], dtype=np.float64)  # noqa: E731
     atol = 0.0 if family.flow or not timesteps.is_floating_point() else TIMESTEP_ATOL  # flow: sigma x 1000, no interpolation
