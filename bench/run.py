@@ -139,14 +139,17 @@ def startup(folder: Path, repeats: int) -> list[dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     (_,), gradient = write_inputs(folder, 64)
     help_s = wall([DIFFDIFF, "--help"], repeats, env)
-    plan_s = wall([DIFFDIFF, "plan", "--map", gradient, "--steps", "20", "--scheduler", "euler", "--json"], repeats, env)
-    import_s = wall([sys.executable, "-c", "import diffusers"], repeats, env)
+    plan_command = [DIFFDIFF, "plan", "--map", gradient, "--steps", "20", "--scheduler", "euler", "--json"]
+    plans, imports = alternate(lambda: subprocess.run(plan_command, capture_output=True, check=True, env=env),
+                               lambda: subprocess.run([sys.executable, "-c", "import diffusers"], capture_output=True, check=True, env=env),
+                               repeats)
+    plan_s, import_s = statistics.median(plans), statistics.median(imports)
     ratio = help_s / import_s
     return [
         {"measure": "start-up", "case": "diffdiff --help", "seconds": help_s, "import_diffusers_s": import_s, "ratio": ratio,
          "goal": "<= 0.3 s and <= 0.1x import", "met": help_s <= 0.3 and ratio <= 0.1},
         {"measure": "start-up", "case": "diffdiff plan (no weights)", "seconds": plan_s, "import_diffusers_s": import_s,
-         "ratio": plan_s / import_s, "goal": "(reported)", "met": None},
+         "ratio": plan_s / import_s, "goal": "<= 0.5x import", "met": plan_s / import_s <= 0.5},
     ]
 
 

@@ -290,7 +290,7 @@ def plan(
     run = plan_with_map(
         family, configs.scheduler_config, configs.latent_factor, settings,
         None if map_path is None else load_map(map_path, settings.map_channel),
-        refiner_start=refiner_start if refiner else None, reporter=Reporter(),
+        refiner_start=refiner_start if refiner else None, reporter=Reporter(), sampling=False,
     )
     the_plan = run.plan
     change = None if run.prepared is None else run.prepared.latent

@@ -298,7 +298,7 @@ def map_preview(
     factor = configs.latent_factor
     run = plan_with_map(
         configs.family, configs.scheduler_config, factor, settings, load_map(map_path, map_channel), source.size,
-        map_label=f"--map {map_path}", reporter=Reporter(),
+        map_label=f"--map {map_path}", reporter=Reporter(), sampling=False,
     )
     prepared, the_plan = run.prepared, run.plan
     scheduler_name = scheduler or configs.scheduler_config.get("_class_name", "?")

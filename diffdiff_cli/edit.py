@@ -12,7 +12,7 @@ from diffdiff_cli import __version__
 from diffdiff_cli.errors import InputError
 from diffdiff_cli.finish import DEFAULT_PASTE_FEATHER, paste_back, restore_mode, to_uint8
 from diffdiff_cli.load import MAP_CHANNELS, load_map, load_source
-from diffdiff_cli.plan import SCHEDULES, Plan, banding_warning, schedule_run
+from diffdiff_cli.plan import SCHEDULES, Plan, banding_warning, plan_schedule, schedule_run
 from diffdiff_cli.prepare_map import MapShaping, dither_prepared, pad_image, prepare_map
 from diffdiff_cli.progress import Reporter
 from diffdiff_cli.schedulers import check_scheduler_name, sampler_label
@@ -94,7 +94,7 @@ class EditResult:
 @dataclass
 class RunPlan:
     prepared: object  # PreparedMap (dithered when asked), or None without a map
-    scheduler: object
+    scheduler: object  # None when planned without sampling
     timesteps: object
     plan: Plan
 
@@ -102,11 +102,13 @@ class RunPlan:
 def plan_with_map(
     family, scheduler_config: dict, factor: int, settings: EditSettings, raw_map=None, image_size=None,
     seed: int | None = None, refiner_start: float | None = None, map_label: str = "--map", reporter: Reporter | None = None,
+    sampling: bool = True,
 ) -> RunPlan:
     """Weights-free part of a run: shape the map onto the latent grid, plan the schedule, dither.
 
     `raw_map` is the map's values at its own size; `image_size` the image it applies to (default: the
-    map's size). Without a map the family's usual resolution is planned.
+    map's size). Without a map the family's usual resolution is planned. `sampling=False` (plan, map
+    preview) gives the plan alone, without a scheduler, torch or diffusers where `schedule_np` covers it.
     """
     prepared = None
     latent_shape = (family.default_size // factor,) * 2
@@ -120,10 +122,11 @@ def plan_with_map(
             if reporter is not None:
                 reporter.notice(notice)
         latent_shape = prepared.latent.shape
-    scheduler, timesteps, plan = schedule_run(
-        family, scheduler_config, settings.scheduler, settings.steps, settings.strength, settings.schedule,
-        latent_shape, seed, refiner_start=refiner_start,
-    )
+    scheduling = (family, scheduler_config, settings.scheduler, settings.steps, settings.strength, settings.schedule, latent_shape, seed)
+    if sampling:
+        scheduler, timesteps, plan = schedule_run(*scheduling, refiner_start=refiner_start)
+    else:
+        scheduler, timesteps, plan = None, None, plan_schedule(*scheduling, refiner_start=refiner_start)
     if prepared is not None:
         if settings.dither:
             prepared = dither_prepared(prepared, plan.thresholds, plan.level_rule)

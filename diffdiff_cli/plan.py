@@ -207,6 +207,26 @@ def schedule_run(family, scheduler_config: dict, scheduler_name: str | None, n_s
     return scheduler, timesteps, plan_for_scheduler(scheduler, timesteps, schedule, refiner_cutoff=cutoff)
 
 
+def plan_schedule(family, scheduler_config: dict, scheduler_name: str | None, n_steps: int, strength: float,
+                  schedule: str, latent_shape: tuple[int, int], seed: int | None = None, refiner_start: float | None = None) -> Plan:
+    """The plan alone, as `schedule_run` would give it (for `plan` and `map preview`, which step no scheduler).
+
+    Computed in numpy, without torch or diffusers, where `schedule_np.resolve` covers the scheduler and its
+    settings; read off the diffusers scheduler otherwise.
+    """
+    from diffdiff_cli.families import check_scheduler_for
+    from diffdiff_cli.schedule_np import numpy_schedule
+
+    check_scheduler_for(family, scheduler_name)
+    tokens = (latent_shape[0] // family.patch) * (latent_shape[1] // family.patch)
+    computed = numpy_schedule(family, scheduler_config, scheduler_name, n_steps, strength, tokens)
+    if computed is None:
+        return schedule_run(family, scheduler_config, scheduler_name, n_steps, strength, schedule, latent_shape, seed,
+                            refiner_start=refiner_start)[2]
+    cutoff = None if refiner_start is None else refiner_cutoff(computed.num_train_timesteps, refiner_start)
+    return plan_run(computed.timesteps, computed.order, computed, schedule, refiner_cutoff=cutoff, sigmas=computed.sigmas)
+
+
 def plan_for_scheduler(scheduler, timesteps, schedule: str = "timestep", refiner_cutoff: float | None = None) -> Plan:
     """The plan of a scheduler already set up for a run: its time axis, and its own sigma at every evaluation."""
     from diffdiff_cli.sample.noising import evaluation_sigmas, noising_for

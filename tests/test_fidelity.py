@@ -125,7 +125,9 @@ def test_plan_reports_the_sigmas_the_engine_uses(tiny_model, images):
     seen = []
     settings = EditSettings(prompt="x", steps=16, strength=0.625, seed=1, scheduler="dpmpp_2m_karras")
     compute_edit(tiny_model, settings, images["photo"], images["gradient"], on_model_input=lambda e, x: seen.append(e.sigma))
-    assert reported == pytest.approx(seen, rel=1e-12)
+    # plan computes the schedule in numpy (schedule_np) and edit steps the diffusers scheduler: the same sigmas
+    # up to torch's float32 sqrt, which is not correctly rounded on every build (a unit in the last place)
+    assert reported == pytest.approx(seen, rel=1e-6)
     karras = tiny_model.pipe.scheduler  # the run's scheduler: its own sigma table, not sigma(rounded timestep)
     own = [float(s) for s in karras.sigmas[-1 - len(reported) : -1]]
     assert reported == pytest.approx(own, rel=1e-6)

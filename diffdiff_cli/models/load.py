@@ -14,10 +14,12 @@ from diffdiff_cli.models.registry import ModelSource
 from diffdiff_cli.families import FAMILIES, Family, family_of_pipeline
 
 
-def quiet_libraries(offline: bool) -> None:
-    """Silence library chatter and progress bars; forbid downloads when offline.
+def quiet_environment(offline: bool) -> None:
+    """Library chatter and progress bars off, downloads forbidden when offline: the environment and warning
+    filters only, so reading configs (plan, map preview) imports none of the libraries.
 
-    HF_HUB_OFFLINE is read when huggingface_hub is imported, so this runs before any import of it.
+    HF_HUB_OFFLINE is read when huggingface_hub is imported, so this runs before any import of it; diffusers
+    and transformers read their *_VERBOSITY variables when first imported, so a later import stays quiet too.
     """
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -28,6 +30,11 @@ def quiet_libraries(offline: bool) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", module="torchsde")  # rounding notices from its Brownian tree
+
+
+def quiet_libraries(offline: bool) -> None:
+    """`quiet_environment`, and diffusers' and transformers' own logging and progress bars (imports both)."""
+    quiet_environment(offline)
     import diffusers.utils.logging as diffusers_logging
     import transformers.utils.logging as transformers_logging
 
@@ -134,8 +141,8 @@ def _folder_file(source: ModelSource, filename: str, offline: bool) -> Path:
 
 
 def read_configs(source: ModelSource, offline: bool = False, model_config: str | None = None) -> ModelConfigs:
-    """Family, scheduler config and VAE scale factor, without loading weights."""
-    quiet_libraries(offline)
+    """Family, scheduler config and VAE scale factor, without loading weights (nor importing torch or diffusers)."""
+    quiet_environment(offline)
     if source.kind == "single_file":
         from diffdiff_cli.models.single_file import config_folder_for
 
