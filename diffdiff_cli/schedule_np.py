@@ -106,10 +106,10 @@ _CHOICES = {
 _SOLVER_TYPES = {"UniPCMultistepScheduler": ("bh1", "bh2"), "DPMSolverMultistepScheduler": ("midpoint", "heun")}
 
 # The families whose img2img set-up (`plan.prepare_scheduler`) is reproduced here, and the Family fields it reads.
-KNOWN_FAMILIES = ("sd", "sdxl", "sd3", "flux")
+KNOWN_FAMILIES = ("sd", "sdxl", "sd3", "flux", "qwen-image", "z-image", "chroma", "flux2-klein", "kontext")
 _FAMILY_FIELDS = {
     "name", "label", "img2img_pipeline", "pipelines", "flow", "patch", "schedulers", "default_guidance",
-    "default_size", "fractional_strength", "linspace_sigmas", "negative_prompts",
+    "default_size", "fractional_strength", "sigmas", "mu", "negative_prompts", "latent_patch", "bf16",
 }
 
 
@@ -206,11 +206,14 @@ def unsupported(setup: SchedulerSetup, family) -> str | None:
 
 
 def _custom_sigmas(family, n_steps: int):
-    """The sigmas `plan.prepare_scheduler` hands `set_timesteps` (Flux: linspace(1, 1/N, N)), or None.
-
-    A Family without `linspace_sigmas` describes its sigmas in fields `unsupported` does not know, and is
-    left to diffusers there."""
-    return np.linspace(1.0, 1 / n_steps, n_steps) if getattr(family, "linspace_sigmas", False) else None
+    """The sigmas `plan.pipeline_sigmas` hands `set_timesteps` for this family, or None (the scheduler's own)."""
+    if family.sigmas == "linspace":
+        return np.linspace(1.0, 1 / n_steps, n_steps)
+    if family.sigmas == "linspace_f32":
+        return torch_linspace_f32(1.0, 1 / n_steps, n_steps).astype(np.float64)
+    if family.sigmas == "scheduler":
+        return None
+    raise ValueError(f"unknown sigma rule {family.sigmas!r}")
 
 
 def resolve(family, config: dict, name: str | None) -> SchedulerSetup | None:
@@ -642,7 +645,7 @@ def _evaluation_sigmas(class_name: str, timesteps: np.ndarray, laid_out, start: 
 def numpy_schedule(family, config: dict, name: str | None, n_steps: int, strength: float, image_seq_len: int) -> Schedule | None:
     """The run's schedule as `plan.prepare_scheduler` sets the diffusers scheduler up, or None where `resolve`
     leaves it to diffusers."""
-    from diffdiff_cli.plan import dynamic_shift, strength_cut
+    from diffdiff_cli.plan import dynamic_shift, empirical_shift, strength_cut
 
     setup = resolve(family, config, name)
     if setup is None:
@@ -653,7 +656,10 @@ def numpy_schedule(family, config: dict, name: str | None, n_steps: int, strengt
     if cls == "PNDMScheduler" and not p["skip_prk_steps"] and n_steps < 4:
         return None  # too few steps for its Runge-Kutta warm-up: diffusers fails, and so should this
     custom = _custom_sigmas(family, n_steps)
-    mu = dynamic_shift({**setup.extra, **p}, image_seq_len) if setup.attr("use_dynamic_shifting") else None
+    mu = None
+    if setup.attr("use_dynamic_shifting"):
+        empirical = family.mu == "empirical"
+        mu = empirical_shift(image_seq_len, n_steps) if empirical else dynamic_shift({**setup.extra, **p}, image_seq_len)
     timesteps, laid_out = _BUILD[cls](setup, n_steps, custom_sigmas=custom, mu=mu)
     order = ORDER.get(cls, 1)
     start = strength_cut(n_steps, strength, family.fractional_strength) * order

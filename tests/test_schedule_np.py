@@ -161,6 +161,19 @@ def test_flux_schedules_match_diffusers_at_every_size(latent, steps):
                 assert_same_plan(FAMILIES["flux"], FLUX_SCHEDULER, name, steps, strength, latent=latent)
 
 
+@pytest.mark.parametrize("name", ["tiny-qwen-image", "tiny-z-image", "tiny-chroma", "tiny-flux2-klein", "tiny-kontext"])
+@pytest.mark.parametrize("steps", [1, 4, 9, 28])
+def test_the_2025_families_schedules_match_diffusers(name, steps):
+    """Their pipelines' sigmas (numpy or float32 linspace), shifts (config or FLUX.2's empirical mu) and cuts."""
+    from diffdiff_cli.models.builtin import builtin_configs
+
+    family, config, _ = builtin_configs(name)
+    for latent in ((8, 8), (64, 96), (128, 128)):
+        for strength in (1.0, 0.6, 0.3):
+            if int(steps - steps * strength) < steps:
+                assert_same_plan(FAMILIES[family], config, None, steps, strength, latent=latent)
+
+
 def test_refiner_evaluations_are_marked_alike():
     assert_same_plan(FAMILIES["sdxl"], SDXL_SCHEDULER, "heun", 20, 0.6, refiner_start=0.8)
     assert_same_plan(FAMILIES["sdxl"], SDXL_SCHEDULER, None, 30, 1.0, refiner_start=0.7)
