@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from diffdiff_cli.sample.families.text import PromptOptions
 from diffdiff_cli.sample.noising import noising_for
 
 
@@ -11,6 +12,7 @@ class LatentAdapter:
     """Base for adapters over a diffusers pipeline with `vae`, `image_processor` and `scheduler`."""
 
     patch = 1  # latent cells per token side; image sides are multiples of vae_scale_factor x patch
+    prompt_options = PromptOptions()  # clip skip and where truncation warnings go; an edit sets its own
 
     def __init__(self, pipe, guidance: float):
         self.pipe = pipe
