@@ -15,6 +15,7 @@ from diffdiff_cli.load import MAP_CHANNELS, load_map, load_source
 from diffdiff_cli.plan import SCHEDULES, Plan, banding_warning, schedule_run
 from diffdiff_cli.prepare_map import MapShaping, dither_prepared, pad_image, prepare_map
 from diffdiff_cli.progress import Reporter
+from diffdiff_cli.prompts import unsupported_syntax
 from diffdiff_cli.schedulers import check_scheduler_name, sampler_label
 from diffdiff_cli.write import save_atomically
 
@@ -162,6 +163,9 @@ def compute_edit(
     refiner = Refiner(model.refiner, settings.refiner_start) if model.refiner is not None else None
     adapter = adapter_for(family.name, model.pipe, settings.guidance_for(family), refiner=refiner)
     adapter.prompt_options = PromptOptions(clip_skip=settings.clip_skip, warn=reporter.warn)
+    for flag, text in (("--prompt", settings.prompt), ("--negative-prompt", settings.negative_prompt)):
+        for note in unsupported_syntax(text or ""):
+            reporter.warn(f"{flag}: {note}")
     multiple = adapter.pixel_multiple
     if settings.negative_prompt and not family.negative_prompts:
         reporter.warn(f"{family.label} models ignore --negative-prompt (no classifier-free guidance)")

@@ -5,6 +5,9 @@
   closing bracket with nothing open, or a `:` not followed by `NUMBER)`, is plain text.
 - `\\(`, `\\)`, `\\[`, `\\]` and `\\\\` are the literal characters.
 - `BREAK` (upper case, a word of its own) ends the current 75-token chunk.
+- `<lora:NAME:W>` (and `<lyco:...>`, `<hypernet:...>`) tags are left out: LoRAs come from --lora here.
+  A1111's prompt editing (`[a:b:0.5]`) and alternation (`[a|b]`) are not run; they read as text
+  (`unsupported_syntax` names them so the user is told).
 
 The family adapters tokenize each fragment, cut the tokens into chunks of 75 (`chunk_tokens`), wrap every
 chunk in BOS/EOS, encode the chunks one by one and concatenate them along the sequence, then scale each
@@ -13,6 +16,7 @@ token's embedding by its weight and restore the chunk's original mean (see sampl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 ROUND, SQUARE = 1.1, 1 / 1.1  # A1111's factors for ( ) and [ ]
@@ -27,10 +31,22 @@ class Fragment:
 
 
 BREAK = Fragment("BREAK", 0.0)  # compared by identity: the chunk break marker
+_NETWORK_TAG = re.compile(r"<(?:lora|lyco|hypernet):[^>]*>")
+_EDITING = re.compile(r"(?<!\\)\[[^\[\]()\\]*[:|][^\[\]()\\]*\]")
+
+
+def unsupported_syntax(prompt: str) -> list[str]:
+    """What A1111 would do with this prompt that diffdiff does not, one sentence each."""
+    notes = [f"{tag} is A1111's LoRA tag; it is left out of the prompt (load LoRAs with --lora FILE:SCALE)"
+             for tag in _NETWORK_TAG.findall(prompt)]
+    notes += [f"{found} is A1111's prompt editing or alternation, which diffdiff does not run; it reads as text"
+              for found in _EDITING.findall(_NETWORK_TAG.sub("", prompt))]
+    return notes
 
 
 def parse_weighted(prompt: str) -> list[Fragment]:
     """The prompt as (text, weight) fragments and BREAK markers; neighbours of equal weight are merged."""
+    prompt = _NETWORK_TAG.sub("", prompt)
     parts: list[Fragment | list] = []  # mutable [text, weight] while groups are open; BREAK as is
     open_round: list[int] = []
     open_square: list[int] = []

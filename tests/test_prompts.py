@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffdiff_cli.prompts import BREAK, ROUND, SQUARE, chunk_tokens, parse_weighted
+from diffdiff_cli.prompts import BREAK, ROUND, SQUARE, chunk_tokens, parse_weighted, unsupported_syntax
 from diffdiff_cli.sample.families import adapter_for
 from diffdiff_cli.sample.families.text import PromptOptions
 
@@ -54,6 +54,13 @@ def test_break_is_a_word_of_its_own():
     assert weights("a red circle BREAK a blue square") == [("a red circle", 1.0), ("BREAK", None), ("a blue square", 1.0)]
     assert weights("BREAKFAST at noon") == [("BREAKFAST at noon", 1.0)]
     assert weights("(a BREAK b)") == [("a", ROUND), ("BREAK", None), ("b", ROUND)]
+
+
+def test_a1111_features_not_run_are_named_and_lora_tags_left_out():
+    assert weights("a <lora:detail:0.8> cat") == [("a  cat", 1.0)]
+    notes = unsupported_syntax("a <lora:detail:0.8> [dog:cat:0.5] [a|b] (x:1.2) [dim]")
+    assert len(notes) == 3 and "--lora" in notes[0] and "[dog:cat:0.5]" in notes[1] and "[a|b]" in notes[2]
+    assert unsupported_syntax(r"(red:1.3) [dim] a \(b\) \[c:d\]") == []
 
 
 # --- chunking ----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from diffdiff_cli.errors import InputError, RunError
 from diffdiff_cli.models.registry import PICKLE_SUFFIXES
 
 LORA_FOLDER_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
-_LORA_MARKERS = ("lora_down", "lora_up", "lora_A", "lora_B", "lora.down", "lora.up", "lora_linear_layer", "lokr_w")
+_LORA_MARKERS = ("lora", "lokr")  # every layout names its tensors so: lora_down, lora_A, to_q_lora, qkv_lora1, lokr_w1
 _LABELS = {"sd": "an SD 1.x/2.x", "sdxl": "an SDXL", "sd3": "an SD3", "flux": "a Flux"}
 _TEXT_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}  # cross-attention width of real checkpoints
 _LATENT_CHANNELS = {"sd": 4, "sdxl": 4, "sd3": 16, "flux": 16}
