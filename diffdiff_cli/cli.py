@@ -120,7 +120,7 @@ def edit(
     report_path: Optional[str] = typer.Option(None, "--report", help="Append one JSON line per image (input, map, output, seed, status, error, seconds) to this file."),
     json_out: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notices on stderr (errors, warnings and the seed still print)."),
-    # What users bring to a checkpoint (README "LoRAs, embeddings, VAE, clip skip, prompt syntax")
+    # What users bring to a checkpoint (README: "LoRAs, embeddings, a VAE, clip skip and prompt syntax")
     loras: List[str] = typer.Option([], "--lora", metavar="PATH[:SCALE]", help="LoRA file (.safetensors: diffusers, kohya or A1111 layout), optionally PATH:SCALE (default 1); repeat to combine several."),
     embeddings: List[str] = typer.Option([], "--embedding", metavar="PATH[:TOKEN]", help="Textual-inversion embedding (A1111 or diffusers file), optionally PATH:TOKEN (default token: the file's stem); repeatable."),
     vae: Optional[str] = typer.Option(None, "--vae", metavar="PATH|HUB_ID", help="Replace the model's VAE: a diffusers VAE folder, a single .safetensors file or a hub id."),

@@ -43,7 +43,9 @@ class LoraSpec:
 
     @property
     def name(self) -> str:
-        return Path(self.path).stem
+        """As A1111 names it in `Lora hashes`: the file's stem (a diffusers LoRA folder's name)."""
+        path = Path(self.path)
+        return path.parent.name if path.name == LORA_FOLDER_FILE else path.stem
 
     def __str__(self) -> str:  # the canonical PATH:SCALE, which parses back to the same spec
         return f"{self.path}:{self.scale!r}"
@@ -144,7 +146,6 @@ class Extras:
     vae_label: str | None = None  # as typed, for messages and the record
     clip_skip: int | None = None
     fuse: bool = True
-    allow_pickle: bool = False
 
     @classmethod
     def from_options(cls, loras=(), embeddings=(), vae=None, clip_skip=None, fuse=True, allow_pickle=False) -> "Extras":
@@ -155,7 +156,7 @@ class Extras:
                 raise InputError(f"--embedding: two embeddings use the token {token!r}; name them apart with PATH:TOKEN")
         return cls(
             tuple(parse_lora(lora, allow_pickle) for lora in loras), parsed,
-            None if vae is None else resolve_vae(vae, allow_pickle), vae, clip_skip, fuse, allow_pickle,
+            None if vae is None else resolve_vae(vae, allow_pickle), vae, clip_skip, fuse,
         )
 
     @classmethod
