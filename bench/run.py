@@ -279,14 +279,68 @@ def band_response(folder: Path, repeats: int) -> list[dict]:
     return rows
 
 
+def _attention_lora(pipe, rank: int = 16) -> dict:
+    """A LoRA (diffusers layout) on every attention projection of the UNet and the CLIP text encoders."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for prefix, targets in (("unet", ("to_q", "to_k", "to_v", "to_out.0")), ("text_encoder", ("q_proj", "k_proj", "v_proj", "out_proj")),
+                            ("text_encoder_2", ("q_proj", "k_proj", "v_proj", "out_proj"))):
+        module = getattr(pipe, prefix, None)
+        for name, layer in (module.named_modules() if module is not None else ()):
+            if isinstance(layer, torch.nn.Linear) and name.endswith(targets):
+                state[f"{prefix}.{name}.lora_A.weight"] = torch.randn(rank, layer.in_features, generator=generator) / layer.in_features**0.5
+                state[f"{prefix}.{name}.lora_B.weight"] = torch.randn(layer.out_features, rank, generator=generator) * 0.05
+    return state
+
+
+def lora(folder: Path, repeats: int) -> list[dict]:
+    """A LoRA merged into the weights once (--fuse-lora, the default) vs kept as separate peft layers: the
+    time of one model evaluation at 512 px, and how far a whole edit's outputs differ."""
+    import torch
+    from safetensors.torch import save_file
+
+    from diffdiff_cli.edit import EditSettings, compute_edit
+    from diffdiff_cli.models.extras import Extras
+    from diffdiff_cli.models.load import load_model
+    from diffdiff_cli.models.registry import resolve_model
+    from diffdiff_cli.sample.families import adapter_for
+
+    rows = []
+    (photo,), gradient = write_inputs(folder, 64)
+    settings = EditSettings(prompt="a stormy sky", steps=20, seed=1, scheduler="euler")
+    for name in ("tiny-sd15", "tiny-sdxl"):
+        path = folder / f"{name}-lora.safetensors"
+        save_file(_attention_lora(load_model(resolve_model(name), offline=True).pipe), str(path))
+        models = {fuse: load_model(resolve_model(name), offline=True, extras=Extras.from_options([str(path)], fuse=fuse))
+                  for fuse in (True, False)}
+        calls = {}
+        with torch.inference_mode():
+            for fuse, model in models.items():
+                adapter = adapter_for(model.family.name, model.pipe, settings.guidance_for(model.family))
+                conditioning = adapter.encode_prompt(settings.prompt, "", (512, 512))
+                latents = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+                calls[fuse] = lambda a=adapter, c=conditioning, x=latents: [a.denoise(x, torch.tensor(500.0), c) for _ in range(3)]
+            a, b = alternate(calls[True], calls[False], repeats)
+        edits = {fuse: compute_edit(model, settings, photo, gradient) for fuse, model in models.items()}
+        pixels = np.abs(np.asarray(edits[True].image).astype(int) - np.asarray(edits[False].image).astype(int))
+        fused, unfused = statistics.median(a) / 3, statistics.median(b) / 3
+        rows.append({"measure": "lora", "case": f"{name}: one evaluation at 512px, rank-16 LoRA on all attention, fused vs unfused",
+                     "fused_s": fused, "unfused_s": unfused, "ratio": fused / unfused,
+                     "max_latent_difference": float((edits[True].latents - edits[False].latents).abs().max()),
+                     "max_pixel_difference_64px_20_steps": int(pixels.max()), "goal": "fused <= unfused", "met": fused <= unfused})
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table("measure", "case", "A", "B", "ratio", "goal", "met", title="diffdiff benchmarks")
     for row in rows:
-        a = row.get("diffdiff_s", row.get("one_call_s", row.get("rss_100_steps_mib", row.get("seconds"))))
-        b = row.get("diffusers_s", row.get("separate_calls_s", row.get("rss_10_steps_mib", row.get("import_diffusers_s"))))
+        a = row.get("diffdiff_s", row.get("one_call_s", row.get("rss_100_steps_mib", row.get("seconds", row.get("fused_s")))))
+        b = row.get("diffusers_s", row.get("separate_calls_s", row.get("rss_10_steps_mib", row.get("import_diffusers_s", row.get("unfused_s")))))
         ratio = row.get("ratio", row.get("share"))
         met = {True: "yes", False: "NO", None: "-"}[row.get("met")]
         table.add_row(row["measure"], row["case"], "-" if a is None else f"{a:.4g}", "-" if b is None else f"{b:.4g}",
@@ -297,15 +351,15 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", nargs="*", choices=["overhead", "startup", "batch", "memory", "profile", "bands"])
+    parser.add_argument("--only", nargs="*", choices=["overhead", "startup", "batch", "memory", "profile", "bands", "lora"])
     parser.add_argument("--models", nargs="*", help="engine overhead: only these built-ins (rows not measured keep their last values)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    chosen = args.only or ["overhead", "startup", "batch", "memory", "profile", "bands"]
+    chosen = args.only or ["overhead", "startup", "batch", "memory", "profile", "bands", "lora"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name, fn in (("startup", startup), ("batch", batch), ("memory", memory), ("bands", band_response)):
+        for name, fn in (("startup", startup), ("batch", batch), ("memory", memory), ("bands", band_response), ("lora", lora)):
             if name in chosen:
                 rows += fn(folder, args.repeats)
         if "overhead" in chosen:

@@ -120,6 +120,12 @@ def edit(
     report_path: Optional[str] = typer.Option(None, "--report", help="Append one JSON line per image (input, map, output, seed, status, error, seconds) to this file."),
     json_out: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notices on stderr (errors, warnings and the seed still print)."),
+    # What users bring to a checkpoint (README: "LoRAs, embeddings, a VAE, clip skip and prompt syntax")
+    loras: List[str] = typer.Option([], "--lora", metavar="PATH[:SCALE]", help="LoRA file (.safetensors: diffusers, kohya or A1111 layout), optionally PATH:SCALE (default 1); repeat to combine several."),
+    embeddings: List[str] = typer.Option([], "--embedding", metavar="PATH[:TOKEN]", help="Textual-inversion embedding (A1111 or diffusers file), optionally PATH:TOKEN (default token: the file's stem); repeatable."),
+    vae: Optional[str] = typer.Option(None, "--vae", metavar="PATH|HUB_ID", help="Replace the model's VAE: a diffusers VAE folder, a single .safetensors file or a hub id."),
+    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", metavar="N", help="Text-encoder layer from the end, as A1111: 1 = last (SD's default), 2 = the one before (SDXL's and SD3's default)."),
+    fuse_lora: bool = typer.Option(True, "--fuse-lora/--no-fuse-lora", help="Merge the LoRAs into the weights once (faster steps, default) or keep them as separate layers."),
 ) -> None:
     """Edit IMAGES where --map says, as much as it says, towards --prompt. One model load for all of them."""
     options = {k: v for k, v in locals().items() if k != "ctx"}
@@ -140,6 +146,9 @@ def edit(
     if o["output"] == "-" and o["json_out"]:
         raise InputError("-o - writes the image to stdout, so --json cannot share it; use --report FILE")
     steps_, guidance_ = _model_defaults(o["model"], o["steps"], o["guidance"])
+    from diffdiff_cli.models.extras import Extras
+
+    extras = Extras.from_options(o["loras"], o["embeddings"], o["vae"], o["clip_skip"], o["fuse_lora"], allow_pickle=o["allow_pickle"])
     settings = EditSettings(
         prompt=o["prompt"],
         negative_prompt=o["negative_prompt"],
@@ -158,6 +167,7 @@ def edit(
         paste_back=o["paste_back"],
         paste_feather=o["paste_feather"],
         refiner_start=o["refiner_start"],
+        **extras.settings(),
     )
     settings.validate()
     runtime = Runtime(device=o["device"], dtype=o["dtype"], offload=o["offload"], vae_tiling=o["vae_tiling"], no_t5=o["no_t5"])
@@ -192,7 +202,9 @@ def edit(
             reporter.notice(f"loading model {o['model']}")
             if o["model"].startswith("tiny-"):
                 reporter.notice(f"{o['model']} has random weights: it shows the mechanics, not pictures; try --model demo or a real checkpoint (sd15, sdxl, ...)")
-            return load_model(source_model, offline=o["offline"], model_config=o["model_config"], runtime=runtime, refiner=refiner_model)
+            return load_model(
+                source_model, offline=o["offline"], model_config=o["model_config"], runtime=runtime, refiner=refiner_model, extras=extras
+            )
 
         report = batch.Report(o["report_path"], to_stdout=o["json_out"])
         try:
@@ -213,7 +225,7 @@ def edit(
 _LIKE_KEYS = (
     "prompt", "negative_prompt", "model", "steps", "guidance", "strength", "hardness", "schedule", "invert_map",
     "map_channel", "map_levels", "map_gamma", "map_min", "map_max", "map_grow", "map_blur", "dither",
-    "paste_back", "paste_feather", "refiner_start",
+    "paste_back", "paste_feather", "refiner_start", "loras", "embeddings", "vae", "clip_skip", "fuse_lora",
 )
 
 

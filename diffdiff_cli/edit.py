@@ -15,6 +15,7 @@ from diffdiff_cli.load import MAP_CHANNELS, load_map, load_source
 from diffdiff_cli.plan import SCHEDULES, Plan, banding_warning, plan_schedule, schedule_run
 from diffdiff_cli.prepare_map import MapShaping, dither_prepared, pad_image, prepare_map
 from diffdiff_cli.progress import Reporter
+from diffdiff_cli.prompts import unsupported_syntax
 from diffdiff_cli.schedulers import check_scheduler_name, sampler_label
 from diffdiff_cli.write import save_atomically
 
@@ -47,6 +48,12 @@ class EditSettings:
     paste_feather: float = DEFAULT_PASTE_FEATHER
     seed: int | None = None
     refiner_start: float = 0.8
+    # What users bring to a checkpoint (issue 12): applied once per model load (models/extras.py)
+    loras: tuple[str, ...] = ()  # "PATH:SCALE"
+    embeddings: tuple[str, ...] = ()  # "PATH:TOKEN"
+    vae: str | None = None
+    clip_skip: int | None = None  # A1111's meaning: 1 = last layer, 2 = the one before
+    fuse_lora: bool = True
 
     def guidance_for(self, family) -> float:
         return family.default_guidance if self.guidance is None else self.guidance
@@ -70,6 +77,8 @@ class EditSettings:
         if self.schedule not in SCHEDULES:
             raise InputError(f"--schedule {self.schedule}: choose one of: {', '.join(SCHEDULES)}")
         check_scheduler_name(self.scheduler)
+        if self.clip_skip is not None and self.clip_skip < 1:
+            raise InputError(f"--clip-skip {self.clip_skip}: must be 1 or more (1 = the last layer, as in A1111)")
         if self.map_channel not in MAP_CHANNELS:
             raise InputError(f"--map-channel {self.map_channel}: choose one of: {', '.join(MAP_CHANNELS)}")
         MapShaping.from_settings(self).validate()
@@ -149,6 +158,7 @@ def compute_edit(
     from diffdiff_cli.sample.engine import SampleRequest, sample
     from diffdiff_cli.sample.families import adapter_for
     from diffdiff_cli.sample.families.sdxl import Refiner
+    from diffdiff_cli.sample.families.text import PromptOptions
 
     reporter = reporter or Reporter(quiet=True)
     started = time.monotonic()
@@ -158,6 +168,10 @@ def compute_edit(
     family = model.family
     refiner = Refiner(model.refiner, settings.refiner_start) if model.refiner is not None else None
     adapter = adapter_for(family.name, model.pipe, settings.guidance_for(family), refiner=refiner)
+    adapter.prompt_options = PromptOptions(clip_skip=settings.clip_skip, warn=reporter.warn)
+    for flag, text in (("--prompt", settings.prompt), ("--negative-prompt", settings.negative_prompt)):
+        for note in unsupported_syntax(text or ""):
+            reporter.warn(f"{flag}: {note}")
     multiple = adapter.pixel_multiple
     if settings.negative_prompt and not family.negative_prompts:
         reporter.warn(f"{family.label} models ignore --negative-prompt (no classifier-free guidance)")
@@ -212,6 +226,7 @@ def recorded_settings(model, settings: EditSettings, result: EditResult, image_p
         model_evaluations=len(result.plan.evaluations),
         diffdiff_version=__version__,
     )
+    record.update(getattr(model, "extras_record", {}))  # LoRA / embedding / VAE hashes
     return record
 
 

@@ -62,10 +62,27 @@ def a1111_parameters(settings: dict) -> str:
         "Diffdiff hardness": settings["hardness"],
         "Diffdiff map": settings["map"],
         "Diffdiff invert map": settings["invert_map"],
-        "Version": f"diffdiff {settings['diffdiff_version']}",
     }
+    fields.update(_extras_fields(settings))
+    fields["Version"] = f"diffdiff {settings['diffdiff_version']}"
     lines.append(", ".join(f"{k}: {_field(v)}" for k, v in fields.items()))
     return "\n".join(lines)
+
+
+def _extras_fields(settings: dict) -> dict:
+    """A1111's keys for clip skip, LoRAs, embeddings and the VAE (only those a run used)."""
+    fields = {}
+    if settings.get("clip_skip"):
+        fields["Clip skip"] = settings["clip_skip"]
+    if settings.get("lora_hashes"):
+        fields["Lora hashes"] = ", ".join(f"{name}: {h}" for name, h in settings["lora_hashes"].items())
+    if settings.get("ti_hashes"):
+        fields["TI hashes"] = ", ".join(f"{token}: {h}" for token, h in settings["ti_hashes"].items())
+    if settings.get("vae_name"):
+        fields["VAE"] = settings["vae_name"]
+        if settings.get("vae_hash"):
+            fields["VAE hash"] = settings["vae_hash"]
+    return fields
 
 
 def _field(value) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffdiff_cli.errors import InputError, RunError
@@ -85,6 +85,7 @@ class LoadedModel:
     pipe: object
     scheduler_config: dict
     refiner: object = None  # a loaded SDXL refiner pipeline, or None
+    extras_record: dict = field(default_factory=dict)  # LoRA/embedding/VAE names and hashes, for the metadata
 
 
 def _read_json(path: Path, label: str) -> dict:
@@ -258,8 +259,13 @@ def load_model(
     model_config: str | None = None,
     runtime: Runtime | None = None,
     refiner: ModelSource | None = None,
+    extras=None,
 ) -> LoadedModel:
-    """The whole pipeline (and an SDXL refiner, if asked), placed as `runtime` says."""
+    """The whole pipeline (and an SDXL refiner, if asked), placed as `runtime` says.
+
+    `extras` (models.extras.Extras: LoRAs, embeddings, a VAE) are checked against the family before any
+    weights load, and applied to the pipeline before it is placed.
+    """
     runtime = runtime or Runtime()
     runtime.validate()
     quiet_libraries(offline)
@@ -273,12 +279,20 @@ def load_model(
         refiner_configs = read_configs(refiner, offline)
         if refiner_configs.family.name != "sdxl":
             raise InputError(f"--refiner {refiner.label}: is {refiner_configs.family.label}, not an SDXL refiner")
+    checked = None
+    if extras is not None and not extras.empty:
+        from diffdiff_cli.models.extras import check_extras
+
+        checked = check_extras(extras, configs.family)
     pipe = _load_pipeline(source, configs.family, offline, model_config, dtype, runtime)
+    record = checked.apply(pipe, offline, dtype) if checked else {}
     _place(pipe, device, dtype, runtime)
     if refiner is not None:
         refiner_pipe = _load_pipeline(refiner, configs.family, offline, None, dtype, runtime, vae=pipe.vae)
+        if checked:
+            checked.apply_to_refiner(refiner_pipe)
         _place(refiner_pipe, device, dtype, runtime)
-    return LoadedModel(source.label, configs.family, pipe, dict(pipe.scheduler.config), refiner_pipe)
+    return LoadedModel(source.label, configs.family, pipe, dict(pipe.scheduler.config), refiner_pipe, record)
 
 
 def _first_line(error: Exception) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from diffdiff_cli.sample.families.text import PromptOptions
 from diffdiff_cli.sample.noising import noising_for
 
 
@@ -13,6 +14,7 @@ class LatentAdapter:
     patch = 1  # engine latent cells per token side; image sides are multiples of latent_factor x patch
     latent_patch = 1  # VAE latent cells per engine cell side (FLUX.2 works on 2x2-patchified latents)
     posterior_mode = False  # encode with the posterior's mode (Kontext, FLUX.2) instead of a seeded sample
+    prompt_options = PromptOptions()  # clip skip and where truncation warnings go; an edit sets its own
 
     def __init__(self, pipe, guidance: float):
         self.pipe = pipe

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from diffdiff_cli.prompts import parse_weighted
 from diffdiff_cli.sample.families.base import LatentAdapter
+from diffdiff_cli.sample.families.text import ClipReader, clip_chunks, encode_chunks, encode_t5
+
+T5_TOKENS = 512  # diffusers' max_sequence_length for Flux
 
 
 class FluxAdapter(LatentAdapter):
@@ -28,8 +32,13 @@ class FluxAdapter(LatentAdapter):
         return self._image_ids[key]
 
     def encode_prompt(self, prompt: str, negative_prompt: str | None, size: tuple[int, int]):
-        embeds, pooled, text_ids = self.pipe.encode_prompt(prompt, None, device=self.device, num_images_per_prompt=1)
-        return embeds, pooled, text_ids
+        pipe = self.pipe
+        # CLIP gives only the pooled vector (its first 75 tokens); T5 carries the prompt
+        reader = ClipReader(pipe.tokenizer, pipe.text_encoder, 1, final_norm=True)
+        _, pooled = encode_chunks(reader, clip_chunks(pipe, pipe.tokenizer, parse_weighted(prompt))[:1], self.device)
+        embeds = encode_t5(pipe.tokenizer_2, pipe.text_encoder_2, prompt, T5_TOKENS, self.device, self.prompt_options.warn, "prompt")
+        text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=pipe.text_encoder.dtype)
+        return embeds, pooled.to(pipe.text_encoder.dtype), text_ids
 
     def initial_latent(self, scheduler, x0, noise, first_timestep):
         return scheduler.scale_noise(x0, first_timestep.repeat(x0.shape[0]), noise)

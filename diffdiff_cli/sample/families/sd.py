@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from diffdiff_cli.sample.families.base import LatentAdapter, classifier_free_guidance
+from diffdiff_cli.sample.families.text import ClipReader, encode_clip_prompts
 
 
 class StableDiffusionAdapter(LatentAdapter):
@@ -13,8 +14,10 @@ class StableDiffusionAdapter(LatentAdapter):
         return self.guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
 
     def encode_prompt(self, prompt: str, negative_prompt: str | None, size: tuple[int, int] | None = None):
-        positive, negative = self.pipe.encode_prompt(prompt, self.device, 1, self.guided, negative_prompt=negative_prompt or None)
-        return torch.cat([negative, positive]) if self.guided else positive
+        # A1111's clip skip: layer N from the end, then the final layer norm (N = 1 is the usual output)
+        reader = ClipReader(self.pipe.tokenizer, self.pipe.text_encoder, self.prompt_options.clip_skip or 1, final_norm=True)
+        prompts = [negative_prompt or "", prompt] if self.guided else [prompt]
+        return torch.cat([embeds for embeds, _ in encode_clip_prompts(self.pipe, [reader], prompts, self.device)])
 
     def denoise(self, latents: torch.Tensor, t, embeddings) -> torch.Tensor:
         model_input = torch.cat([latents] * 2) if self.guided else latents

@@ -12,6 +12,7 @@ import torch
 
 from diffdiff_cli.plan import refiner_cutoff
 from diffdiff_cli.sample.families.base import LatentAdapter, classifier_free_guidance
+from diffdiff_cli.sample.families.text import ClipReader, PromptOptions, encode_clip_prompts
 
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # diffusers' defaults, used by refiners
 
@@ -23,10 +24,24 @@ class XLConditioning:
     time_ids: torch.Tensor
 
 
-def _xl_conditioning(pipe, prompt: str, negative_prompt: str | None, size: tuple[int, int], guided: bool, device) -> XLConditioning:
-    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-        prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=guided, negative_prompt=negative_prompt or None
-    )
+def _xl_conditioning(
+    pipe, prompt: str, negative_prompt: str | None, size: tuple[int, int], guided: bool, device, options: PromptOptions
+) -> XLConditioning:
+    # SDXL reads the penultimate layer of both encoders without the final norm: that is clip skip 2 here
+    layer = options.clip_skip or 2
+    readers = [
+        ClipReader(tokenizer, encoder, layer, final_norm=False)
+        for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))
+        if encoder is not None
+    ]
+    zero_negative = guided and not negative_prompt and pipe.config.force_zeros_for_empty_prompt
+    prompts = [prompt] + ([negative_prompt or ""] if guided and not zero_negative else [])
+    encoded = encode_clip_prompts(pipe, readers, prompts, device)
+    embeds, pooled = encoded[0][0], encoded[0][1][-1]
+    if zero_negative:
+        negative, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+    elif guided:
+        negative, negative_pooled = encoded[1][0], encoded[1][1][-1]
     width, height = size
     projection_dim = (
         int(pooled.shape[-1]) if pipe.text_encoder_2 is None else pipe.text_encoder_2.config.projection_dim
@@ -62,10 +77,11 @@ class StableDiffusionXLAdapter(LatentAdapter):
         return self.guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
 
     def encode_prompt(self, prompt: str, negative_prompt: str | None, size: tuple[int, int]):
-        base = _xl_conditioning(self.pipe, prompt, negative_prompt, size, self.guided, self.device)
+        options = self.prompt_options
+        base = _xl_conditioning(self.pipe, prompt, negative_prompt, size, self.guided, self.device, options)
         if self.refiner is None:
             return base, None
-        return base, _xl_conditioning(self.refiner.pipe, prompt, negative_prompt, size, self.guided, self.device)
+        return base, _xl_conditioning(self.refiner.pipe, prompt, negative_prompt, size, self.guided, self.device, options)
 
     def denoise(self, latents: torch.Tensor, t, conditioning) -> torch.Tensor:
         base, refined = conditioning
