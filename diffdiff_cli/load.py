@@ -53,6 +53,18 @@ def check_image_header(path: str, what: str) -> tuple[int, int]:
         raise InputError(f"{what} {path}: not an image Pillow can read; give a PNG, JPEG, WebP or TIFF file") from None
 
 
+_TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def upright_size(path: str, what: str) -> tuple[int, int]:
+    """(width, height) as shown, EXIF orientation applied, from the header alone (no pixels decoded)."""
+    check_image_header(path, what)
+    with Image.open(path) as im:
+        width, height = im.size
+        orientation = im.getexif().get(0x0112)
+    return (height, width) if orientation in _TRANSPOSING else (width, height)
+
+
 def load_source(path: str) -> SourceImage:
     image = open_image(path, "image")
     if image.mode.startswith("I") or image.mode == "F":

@@ -52,7 +52,7 @@ def test_a_map_value_above_the_second_threshold_changes_exactly_like_white(tiny_
     second = plan.thresholds[1]
     runs = {}
     for value in (1.0, (1 + second) / 2, second - 0.05):
-        runs[value] = compute_edit(tiny_model, EditSettings(prompt="x", steps=4, seed=3, paste_back=False), images["photo"],
+        runs[value] = compute_edit(tiny_model, EditSettings(prompt="x", steps=4, seed=3, paste_back=False, fit="full"), images["photo"],
                                    np.full((64, 64), value, np.float32))
     white, above, below = runs.values()
     assert torch.allclose(above.latents, white.latents, atol=1e-3)
@@ -103,7 +103,7 @@ def test_plan_and_edit_use_the_same_dithered_map(tiny_model, images):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["dither"] is True and "band" not in done.stderr
-    result = compute_edit(tiny_model, EditSettings(prompt="x", steps=4, seed=1, dither=True), images["photo"], images["gradient"])
+    result = compute_edit(tiny_model, EditSettings(prompt="x", steps=4, seed=1, dither=True, fit="full"), images["photo"], images["gradient"])
     plain = prepare_map(np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1)), (64, 64), 8).latent
     assert np.array_equal(result.change_latent, dither(plain, result.plan.thresholds))
     shares = [row["free_share"] for row in report["evaluations"]]
