@@ -106,6 +106,25 @@ def _float_values(image: Image.Image, what: str) -> np.ndarray:
     return rgb @ _LUMA
 
 
+def _grey_float32(image: Image.Image) -> np.ndarray | None:
+    """8- and 16-bit grey maps straight to float32, without the float64 copies a 12 MP map would cost.
+
+    The values equal the float64 path's bit for bit (v / 255 and v / 65535 are correctly rounded either
+    way, checked for every value). None for other modes.
+    """
+    if image.mode in ("1", "L"):
+        scale = 255.0
+        values = np.asarray(image.convert("L") if image.mode == "1" else image, dtype=np.float32)
+    elif image.mode.startswith("I;16"):
+        scale = 65535.0
+        values = np.asarray(image, dtype=np.float32)
+    else:
+        return None
+    values = values.copy() if not values.flags.writeable else values
+    values /= np.float32(scale)
+    return values
+
+
 def _has_alpha(image: Image.Image) -> bool:
     return image.mode in _HAS_ALPHA or (image.mode == "P" and "transparency" in image.info)
 
@@ -120,6 +139,9 @@ def map_values(image: Image.Image, channel: str = "luma", what: str = "--map") -
     if channel not in MAP_CHANNELS:
         raise InputError(f"--map-channel {channel}: choose one of: {', '.join(MAP_CHANNELS)}")
     if channel == "luma":
+        grey = _grey_float32(image)
+        if grey is not None:
+            return grey
         values = _float_values(image, what)
     elif channel == "alpha":
         if not _has_alpha(image):
