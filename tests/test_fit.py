@@ -222,20 +222,43 @@ def test_a_12_megapixel_photo_is_edited_at_the_native_area_and_stitched_back_exa
     assert [v * 8 for v in record["denoiser_latent_size"]] == record["work_size"]  # ... at the working size
 
 
+_models: dict = {}
+
+
+def demo_model():
+    """The built-in demo model (native at 64 px, so whole edits at auto stay cheap), loaded once."""
+    from diffdiff_cli.models.load import load_model
+    from diffdiff_cli.models.registry import resolve_model
+
+    if "demo" not in _models:
+        _models["demo"] = load_model(resolve_model("demo"), offline=True)
+    return _models["demo"]
+
+
 def test_fit_auto_at_the_native_size_is_the_familys_img2img(images):
     """The demo model is native at 64 px: a 64 px photo under a white map is its own region, not resampled."""
     import torch
 
-    from diffdiff_cli.models.load import load_model
-    from diffdiff_cli.models.registry import resolve_model
-
-    demo = load_model(resolve_model("demo"), offline=True)
+    demo = demo_model()
     result = compute_edit(demo, settings(steps=4), images["photo"], images["white"])
     assert result.region.work_size == (64, 64) and not result.region.resampled
     demo.pipe.scheduler = make_scheduler(demo.scheduler_config, "euler", 5)
     expected = demo.pipe(settings().prompt, image=Image.open(images["photo"]), strength=1.0, num_inference_steps=4,
                          guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(5), output_type="np").images[0]
     assert np.abs(np.asarray(result.image).astype(int) - np.round(expected * 255).astype(int)).max() <= 1
+
+
+def test_a_map_of_a_few_pixels_still_works(tmp_path):
+    photo = save_rgb(tmp_path / "p.png", 400, 300, seed=6)
+    change = np.zeros((300, 400))
+    change[150:153, 200:203] = 1
+    speck = save_map(tmp_path / "speck.png", change)
+    result = compute_edit(demo_model(), settings(steps=4), photo, speck)
+    x0, y0, x1, y1 = result.region.box
+    assert (x0, y0, x1, y1) == (168, 118, 235, 185) and result.region.work_size == (64, 64)  # 3 px and 32 px of context
+    before, after = np.asarray(Image.open(photo)), np.asarray(result.image)
+    assert result.image.size == (400, 300) and np.array_equal(after[change == 0], before[change == 0])
+    assert not np.array_equal(after[150:153, 200:203], before[150:153, 200:203])
 
 
 def test_a_small_image_on_a_1024_family_forced_small_records_its_sizes_and_reruns_like_it(tmp_path, capsys):
