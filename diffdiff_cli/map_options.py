@@ -35,8 +35,8 @@ def map_settings(invert_map, map_channel, map_levels, map_gamma, map_min, map_ma
 
 # The working region (diffdiff_cli/fit.py): shared by `edit`, `plan`, `map preview` and `fan`.
 FitOpt = typer.Option(
-    "auto", "--fit",
-    help="auto (default): work on the map's region (what it changes, plus --context) scaled to the model's native "
+    "auto", "--fit", metavar="auto|full",
+    help="auto: work on the map's region (what it changes, plus --context) scaled to the model's native "
     "area, then stitch it back into the full-size image; full: the whole image at its own size.",
 )
 ContextOpt = typer.Option(
