@@ -1,4 +1,4 @@
-"""diffdiff benchmarks: engine overhead, start-up, batch amortisation, memory, and a per-step profile.
+"""diffdiff benchmarks: engine overhead, start-up, batch amortisation, memory, a 12 MP photo (--fit), and a per-step profile.
 
 Run with `make bench`. Prints a table and writes bench/results.json. Every comparison is measured
 side by side in one run, alternating A and B, as the median of several repeats after a warm-up.
@@ -106,7 +106,7 @@ def engine_overhead(folder: Path, repeats: int, models: list[str] | None = None)
         scheduler = None if model.family.flow else "euler"
         for size in sizes:
             (photo,), gradient = write_inputs(folder, size)
-            settings = EditSettings(prompt="a stormy sky", steps=20, seed=1, scheduler=scheduler)
+            settings = EditSettings(prompt="a stormy sky", steps=20, seed=1, scheduler=scheduler, fit="full")
             pipe, kwargs = family_pipeline_kwargs(model, size, settings.guidance_for(model.family))
 
             def ours():
@@ -158,7 +158,7 @@ def batch(folder: Path, repeats: int) -> list[dict]:
     photos, gradient = write_inputs(folder, 64, count=8)
     out = folder / "batch-out"
     out.mkdir(exist_ok=True)
-    common = ["--map", gradient, "-p", "autumn", "--steps", "20", "--seed", "1", "-q"]
+    common = ["--map", gradient, "-p", "autumn", "--steps", "20", "--seed", "1", "-q", "--fit", "full"]
     one_call = [DIFFDIFF, "edit", *photos, "--out-dir", str(out), *common]
 
     def separate():
@@ -180,7 +180,7 @@ from diffdiff_cli.edit import EditSettings, compute_edit
 from diffdiff_cli.models.load import load_model
 from diffdiff_cli.models.registry import resolve_model
 model = load_model(resolve_model("tiny-sd15"), offline=True)
-compute_edit(model, EditSettings(prompt="x", steps=int(sys.argv[3]), seed=1, scheduler="euler"), sys.argv[1], sys.argv[2])
+compute_edit(model, EditSettings(prompt="x", steps=int(sys.argv[3]), seed=1, scheduler="euler", fit="full"), sys.argv[1], sys.argv[2])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -197,6 +197,71 @@ def memory(folder: Path, repeats: int) -> list[dict]:
     ratio = peaks[100] / peaks[10]
     return [{"measure": "memory", "case": "peak RSS, 512px, 100 vs 10 steps", "rss_10_steps_mib": peaks[10],
              "rss_100_steps_mib": peaks[100], "ratio": ratio, "goal": "<= 1.02", "met": ratio <= 1.02}]
+
+
+_PHOTO_CHILD = """
+import resource, sys, tempfile, time
+from diffdiff_cli.edit import EditSettings, compute_edit, recorded_settings
+from diffdiff_cli.models.load import load_model
+from diffdiff_cli.models.registry import resolve_model
+from diffdiff_cli.write import save_atomically
+model = load_model(resolve_model("tiny-sd15"), offline=True)
+settings = EditSettings(prompt="x", steps=20, seed=1, scheduler="euler")
+result = compute_edit(model, settings, sys.argv[1], sys.argv[2])
+edit_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with tempfile.TemporaryDirectory() as folder:
+    started = time.perf_counter()
+    save_atomically(result.image, folder + "/out.png", recorded_settings(model, settings, result, sys.argv[1], sys.argv[2]))
+    write_s = time.perf_counter() - started
+print(edit_rss, write_s)
+"""
+
+
+def photo(folder: Path, repeats: int) -> list[dict]:
+    """--fit auto on a 4000 x 3000 camera photo (JPEG) whose map changes a 600 x 400 blob, against an edit
+    of a 512 x 512 photo (the native size, its own region): both run tiny-sd15 at about 512 x 512 for 20
+    steps, so the difference is the photo's decode, the crop and the paste-back. Time: in one process,
+    alternating; peak RSS (and the time to write the output PNG): each edit in a process of its own."""
+    from diffdiff_cli.edit import EditSettings, compute_edit
+    from diffdiff_cli.models.load import load_model
+    from diffdiff_cli.models.registry import resolve_model
+
+    rs = np.random.RandomState(0)
+    big = str(folder / "IMG_4032.jpg")
+    Image.fromarray((rs.rand(30, 40, 3) * 255).astype(np.uint8)).resize((4000, 3000), Image.Resampling.BICUBIC).save(big, quality=90)
+    y, x = np.ogrid[:3000, :4000]
+    blob = str(folder / "blob.png")
+    Image.fromarray((((x - 2000) / 300.0) ** 2 + ((y - 1500) / 200.0) ** 2 <= 1).astype(np.uint8) * 255).save(blob)
+    (native,), gradient = write_inputs(folder, 512)
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def child(photo_path, map_path):
+        out = subprocess.run([sys.executable, "-c", _PHOTO_CHILD, photo_path, map_path], capture_output=True, text=True,
+                             check=True, env=env).stdout.split()
+        return int(out[0]) / 1024, float(out[1])
+
+    # The processes first: on Linux a child reports its parent's peak RSS at the fork if that was higher.
+    runs = {"photo": [], "native": []}
+    for round_ in range(max(2, repeats // 2)):
+        order = (("photo", (big, blob)), ("native", (native, gradient)))
+        for name, args in order if round_ % 2 == 0 else order[::-1]:
+            runs[name].append(child(*args))
+    (p_rss, p_write), (n_rss, n_write) = ([statistics.median(r[i] for r in runs[name]) for i in range(2)] for name in ("photo", "native"))
+
+    model = load_model(resolve_model("tiny-sd15"), offline=True)
+    settings = EditSettings(prompt="x", steps=20, seed=1, scheduler="euler")
+    work = "x".join(map(str, compute_edit(model, settings, big, blob).region.work_size))
+    a, b = alternate(lambda: compute_edit(model, settings, big, blob), lambda: compute_edit(model, settings, native, gradient), repeats)
+    p_edit, n_edit = statistics.median(a), statistics.median(b)
+    return [
+        {"measure": "photo (--fit auto)", "case": f"4000x3000 JPEG, 600x400 blob (at {work}) vs 512x512: edit time, tiny-sd15 20 steps",
+         "photo_s": p_edit, "native_s": n_edit, "ratio": p_edit / n_edit, "goal": "<= 1.3", "met": p_edit / n_edit <= 1.3},
+        {"measure": "photo (--fit auto)", "case": "the same: peak RSS (MiB)", "photo_rss_mib": p_rss, "native_rss_mib": n_rss,
+         "ratio": p_rss / n_rss, "goal": "<= 1.5", "met": p_rss / n_rss <= 1.5},
+        {"measure": "photo (--fit auto)", "case": "the same: writing the output PNG (s)", "photo_write_s": p_write,
+         "native_write_s": n_write, "ratio": p_write / n_write, "goal": "(reported)", "met": None},
+    ]
 
 
 def profile(folder: Path) -> list[dict]:
@@ -234,7 +299,7 @@ def profile(folder: Path) -> list[dict]:
     original_step = diffusers.EulerDiscreteScheduler.step
     diffusers.EulerDiscreteScheduler.step = timed(original_step, "scheduler step")
     try:
-        settings = EditSettings(prompt="x", steps=20, seed=1, scheduler="euler")
+        settings = EditSettings(prompt="x", steps=20, seed=1, scheduler="euler", fit="full")
         compute_edit(model, settings, photo, gradient)  # warm-up
         for key in spent:
             spent[key] = 0.0
@@ -339,8 +404,10 @@ def print_table(rows: list[dict]) -> None:
 
     table = Table("measure", "case", "A", "B", "ratio", "goal", "met", title="diffdiff benchmarks")
     for row in rows:
-        a = row.get("diffdiff_s", row.get("one_call_s", row.get("rss_100_steps_mib", row.get("seconds", row.get("fused_s")))))
-        b = row.get("diffusers_s", row.get("separate_calls_s", row.get("rss_10_steps_mib", row.get("import_diffusers_s", row.get("unfused_s")))))
+        a = next((row[k] for k in ("diffdiff_s", "one_call_s", "rss_100_steps_mib", "photo_s", "photo_rss_mib", "photo_write_s",
+                                   "seconds", "fused_s") if k in row), None)
+        b = next((row[k] for k in ("diffusers_s", "separate_calls_s", "rss_10_steps_mib", "native_s", "native_rss_mib",
+                                   "native_write_s", "import_diffusers_s", "unfused_s") if k in row), None)
         ratio = row.get("ratio", row.get("share"))
         met = {True: "yes", False: "NO", None: "-"}[row.get("met")]
         table.add_row(row["measure"], row["case"], "-" if a is None else f"{a:.4g}", "-" if b is None else f"{b:.4g}",
@@ -348,18 +415,21 @@ def print_table(rows: list[dict]) -> None:
     Console(width=160).print(table)
 
 
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", nargs="*", choices=["overhead", "startup", "batch", "memory", "profile", "bands", "lora"])
+    parser.add_argument("--only", nargs="*", choices=["overhead", "startup", "batch", "memory", "photo", "profile", "bands", "lora"])
     parser.add_argument("--models", nargs="*", help="engine overhead: only these built-ins (rows not measured keep their last values)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    chosen = args.only or ["overhead", "startup", "batch", "memory", "profile", "bands", "lora"]
+    chosen = args.only or ["overhead", "startup", "batch", "memory", "photo", "profile", "bands", "lora"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name, fn in (("startup", startup), ("batch", batch), ("memory", memory), ("bands", band_response), ("lora", lora)):
+        for name, fn in (("startup", startup), ("batch", batch), ("memory", memory), ("photo", photo), ("bands", band_response),
+                         ("lora", lora)):
             if name in chosen:
                 rows += fn(folder, args.repeats)
         if "overhead" in chosen:
@@ -371,12 +441,12 @@ def main() -> None:
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                "date": time.strftime("%Y-%m-%d")}
-    print_table(rows)
     out = ROOT / "bench" / "results.json"
     if args.only or args.models:  # a partial run updates its rows and keeps the others from the last run
         measured = {(row["measure"], row["case"]) for row in rows}
         previous = json.loads(out.read_text())["results"] if out.is_file() else []
         rows = [row for row in previous if (row["measure"], row["case"]) not in measured] + rows
+    print_table(rows)
     out.write_text(json.dumps({"machine": machine, "repeats": args.repeats, "results": rows}, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 

@@ -341,7 +341,7 @@ def run_jobs(
     A failing image is reported and the rest go on (unless `fail_fast`); a model that cannot be loaded
     stops the run with its own error.
     """
-    from diffdiff_cli.edit import edit_file
+    from diffdiff_cli.edit import edit_file, map_changes_nothing, write_unchanged
 
     summary = Summary(failed=len(invalid))
     started = time.monotonic()
@@ -365,13 +365,18 @@ def run_jobs(
                 if fail_fast and summary.failed:
                     break
                 extra = None
-                if model is None:
+                unchanged = map_changes_nothing(base_settings, job.map)  # an all-black map needs no model
+                if model is None and not unchanged:
                     model = load()
                     summary.model_loads += 1
                 job_started = time.monotonic()
                 try:
                     settings = settings_for(base_settings, job)
-                    extra = edit_file(model, settings, job.path, job.map, job.output, reporter, display_input=job.input)
+                    if unchanged:
+                        extra = write_unchanged(settings, job.path, job.map, job.output, display_input=job.input)
+                        reporter.notice(f"{job.input}: the map {job.map} is 0 everywhere, so nothing changes: the input is written as it is")
+                    else:
+                        extra = edit_file(model, settings, job.path, job.map, job.output, reporter, display_input=job.input)
                     job.status = "done"
                     summary.done += 1
                     where = "stdout" if job.output == STDIN else job.output

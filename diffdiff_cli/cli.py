@@ -19,6 +19,7 @@ from diffdiff_cli.errors import DiffdiffError, InputError
 from diffdiff_cli.map_options import (
     DitherOpt, MapBlurOpt, MapChannelOpt, MapGammaOpt, MapGrowOpt, MapLevelsOpt, MapMaxOpt, MapMinOpt, StrictSizeOpt, map_settings,
 )
+from diffdiff_cli.map_options import ContextOpt, FitOpt, WorkSizeOpt, fit_settings
 from diffdiff_cli.schedulers import SCHEDULERS
 
 app = typer.Typer(
@@ -103,6 +104,9 @@ def edit(
     strict_size: bool = StrictSizeOpt,
     paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back", help="Paste the original pixels back where the map is 0 (bit-identical), feathered into low-change areas."),
     paste_feather: float = typer.Option(0.1, "--paste-feather", help="Map level at which the generated pixels fully replace the original (0 = only map 0 is pasted back)."),
+    fit: str = FitOpt,
+    context: Optional[int] = ContextOpt,
+    forced_work_size: Optional[str] = WorkSizeOpt,
     seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Base seed; each image's seed follows from it and the image's content (default: random; every seed used is printed and recorded)."),
     offline: bool = OfflineOpt,
     model_config: Optional[str] = ModelConfigOpt,
@@ -168,6 +172,7 @@ def edit(
         paste_feather=o["paste_feather"],
         refiner_start=o["refiner_start"],
         **extras.settings(),
+        **fit_settings(o["fit"], o["context"], o["forced_work_size"]),
     )
     settings.validate()
     runtime = Runtime(device=o["device"], dtype=o["dtype"], offload=o["offload"], vae_tiling=o["vae_tiling"], no_t5=o["no_t5"])
@@ -226,6 +231,7 @@ _LIKE_KEYS = (
     "prompt", "negative_prompt", "model", "steps", "guidance", "strength", "hardness", "schedule", "invert_map",
     "map_channel", "map_levels", "map_gamma", "map_min", "map_max", "map_grow", "map_blur", "dither",
     "paste_back", "paste_feather", "refiner_start", "loras", "embeddings", "vae", "clip_skip", "fuse_lora",
+    "fit", "context", "forced_work_size",
 )
 
 
@@ -254,6 +260,10 @@ def _apply_like(ctx: typer.Context, options: dict, path: str) -> int | None:
 @app.command()
 def plan(
     map_path: Optional[str] = typer.Option(None, "--map", help="Change map, to report the share of pixels free at each evaluation."),
+    image: Optional[str] = typer.Option(None, "--image", help="The image to edit (its size decides the working region; default: the map's size)."),
+    fit: str = FitOpt,
+    context: Optional[int] = ContextOpt,
+    forced_work_size: Optional[str] = WorkSizeOpt,
     model: str = ModelOpt,
     scheduler: Optional[str] = SchedulerOpt,
     steps: Optional[int] = StepsOpt,
@@ -283,12 +293,14 @@ def plan(
     settings = EditSettings(
         prompt="", model=model, scheduler=scheduler, steps=steps, strength=strength, schedule=schedule, refiner_start=refiner_start,
         **map_settings(invert_map, map_channel, map_levels, map_gamma, map_min, map_max, map_grow, map_blur, dither),
+        **fit_settings(fit, context, forced_work_size),
     )
     settings.validate()
-    if map_path is not None:
-        from diffdiff_cli.load import check_image_header
+    from diffdiff_cli.load import check_image_header, upright_size
 
+    if map_path is not None:
         check_image_header(map_path, "--map")
+    image_size = None if image is None else upright_size(image, "--image")
     source_model = resolve_model(model, allow_pickle=allow_pickle)
 
     from diffdiff_cli.dither import strength_levels
@@ -301,12 +313,13 @@ def plan(
     family = configs.family
     run = plan_with_map(
         family, configs.scheduler_config, configs.latent_factor, settings,
-        None if map_path is None else load_map(map_path, settings.map_channel),
-        refiner_start=refiner_start if refiner else None, reporter=Reporter(), sampling=False,
+        None if map_path is None else load_map(map_path, settings.map_channel), image_size,
+        refiner_start=refiner_start if refiner else None, reporter=Reporter(), sampling=False, native_side=configs.native_size,
     )
     the_plan = run.plan
     change = None if run.prepared is None else run.prepared.latent
     report = the_plan.to_json(change)
+    report.update(_region_report(run, configs.native_size, fit))
     report.update(model=model, family=family.name, scheduler=scheduler or configs.scheduler_config.get("_class_name"), strength=strength)
     report.update(strength_levels=strength_levels(the_plan.thresholds, the_plan.level_rule).tolist(), dither=dither)
     if json_out:
@@ -332,12 +345,27 @@ def _model_defaults(model: str, steps: int | None, guidance: float | None) -> tu
     return steps, guidance if guidance is not None else defaults.get("guidance")
 
 
+def _region_report(run, native_side: int, fit: str) -> dict:
+    """The working region's keys of `plan`'s report, and a notice when the map changes nothing."""
+    from diffdiff_cli.edit import region_record
+
+    record = {"fit": fit, **region_record(run.region), "native_size": [native_side] * 2}
+    record["map_changes_nothing"] = run.change is not None and not bool((run.change > 0).any())
+    if record["map_changes_nothing"]:
+        print("diffdiff: the map is 0 everywhere: `edit` writes the input unchanged without loading the model", file=sys.stderr)
+    return record
+
+
 def _print_plan_table(report: dict) -> None:
     from rich.table import Table
 
+    where = ""
+    if report.get("region"):
+        x0, y0, x1, y1 = report["region"]
+        where = f" · region {x0},{y0},{x1},{y1} at {report['work_size'][0]}x{report['work_size'][1]}"
     table = Table(
         title=f"{report['model']} · {report['scheduler']} · {report['steps']} steps · "
-        f"{report['model_evaluations']} evaluations · {report['distinct_levels']} strength levels",
+        f"{report['model_evaluations']} evaluations · {report['distinct_levels']} strength levels{where}",
     )
     for column in ("index", "step", "timestep", "sigma", "threshold", "free_share"):
         table.add_column(column, justify="right")

@@ -21,6 +21,7 @@ from diffdiff_cli.errors import InputError
 from diffdiff_cli.map_options import (
     DitherOpt, MapBlurOpt, MapChannelOpt, MapGammaOpt, MapGrowOpt, MapLevelsOpt, MapMaxOpt, MapMinOpt, StrictSizeOpt, map_settings,
 )
+from diffdiff_cli.map_options import ContextOpt, FitOpt, WorkSizeOpt, fit_settings
 
 map_app = typer.Typer(
     help="Make, shape and preview change maps. Maps are written as 16-bit grayscale PNG (white = change, black = keep).",
@@ -262,6 +263,9 @@ def map_preview(
     map_blur: float = MapBlurOpt,
     dither: bool = DitherOpt,
     strict_size: bool = StrictSizeOpt,
+    fit: str = FitOpt,
+    context: Optional[int] = ContextOpt,
+    forced_work_size: Optional[str] = WorkSizeOpt,
     offline: bool = OfflineOpt,
     model_config: Optional[str] = ModelConfigOpt,
     allow_pickle: bool = AllowPickleOpt,
@@ -277,6 +281,7 @@ def map_preview(
     settings = EditSettings(
         prompt="", model=model, scheduler=scheduler, steps=steps, strength=strength, schedule=schedule, strict_size=strict_size,
         **map_settings(invert_map, map_channel, map_levels, map_gamma, map_min, map_max, map_grow, map_blur, dither),
+        **fit_settings(fit, context, forced_work_size),
     )
     settings.validate()
     if output is None:
@@ -298,16 +303,16 @@ def map_preview(
     factor = configs.latent_factor
     run = plan_with_map(
         configs.family, configs.scheduler_config, factor, settings, load_map(map_path, map_channel), source.size,
-        map_label=f"--map {map_path}", reporter=Reporter(), sampling=False,
+        map_label=f"--map {map_path}", reporter=Reporter(), sampling=False, native_side=configs.native_size,
     )
-    prepared, the_plan = run.prepared, run.plan
+    prepared, the_plan, region = run.prepared, run.plan, run.region
     scheduler_name = scheduler or configs.scheduler_config.get("_class_name", "?")
-    strength_map, levels = preview_strength(prepared.latent, the_plan.thresholds, factor, source.size, the_plan.level_rule)
+    strength_map, levels = preview_strength(prepared.latent, the_plan.thresholds, factor, region, source.size, the_plan.level_rule)
     title = f"{model} · {scheduler_name} · {steps} steps · {len(levels)} strength levels" + (" · dither" if dither else "")
-    image = render_preview(source.rgb, strength_map, levels, title)
+    image = render_preview(source.rgb, strength_map, levels, f"{title} · {region.describe()}", region.box)
     rows = [{"strength": level, "share": share} for level, share in legend_rows(strength_map, levels)]
     record = {"preview": photo, "map": map_path, "model": model, "scheduler": scheduler_name, "steps": steps,
-              "strength": strength, "schedule": schedule, "dither": dither, "levels": rows, "output": output}
+              "strength": strength, "schedule": schedule, "dither": dither, "levels": rows, "output": output, **region.to_json()}
     save_picture(image, output, record)
     print(f"diffdiff: wrote {output} ({len(levels)} strength levels)", file=sys.stderr)
     if json_out:
@@ -330,6 +335,9 @@ def fan(
     schedule: str = ScheduleOpt,
     invert_map: bool = InvertOpt,
     dither: bool = DitherOpt,
+    fit: str = FitOpt,
+    context: Optional[int] = ContextOpt,
+    forced_work_size: Optional[str] = WorkSizeOpt,
     seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed, the same for every cell (default: a new one, printed)."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -351,7 +359,8 @@ def fan(
     if columns < 1:
         raise InputError(f"--columns {columns}: must be at least 1")
     settings = EditSettings(prompt=prompt, negative_prompt=negative_prompt, model=model, scheduler=scheduler, steps=steps,
-                            guidance=guidance, schedule=schedule, invert_map=invert_map, dither=dither, seed=seed)
+                            guidance=guidance, schedule=schedule, invert_map=invert_map, dither=dither, seed=seed,
+                            **fit_settings(fit, context, forced_work_size))
     settings.validate()
     if output is None:
         output = str(Path(image).with_name(f"{Path(image).stem}-fan.png"))

@@ -10,10 +10,11 @@ import numpy as np
 
 from diffdiff_cli import __version__
 from diffdiff_cli.errors import InputError
-from diffdiff_cli.finish import DEFAULT_PASTE_FEATHER, paste_back, restore_mode, to_uint8
+from diffdiff_cli.finish import DEFAULT_PASTE_FEATHER, stitch_back, to_uint8
+from diffdiff_cli.fit import Region, check_fit_settings, oversize_warning, parse_work_size, plan_region
 from diffdiff_cli.load import MAP_CHANNELS, load_map, load_source
 from diffdiff_cli.plan import SCHEDULES, Plan, banding_warning, plan_schedule, schedule_run
-from diffdiff_cli.prepare_map import MapShaping, dither_prepared, pad_image, prepare_map
+from diffdiff_cli.prepare_map import MapShaping, changes_nothing, dither_prepared, fit_image, fit_map, shaped_map, support_box
 from diffdiff_cli.progress import Reporter
 from diffdiff_cli.prompts import unsupported_syntax
 from diffdiff_cli.schedulers import check_scheduler_name, sampler_label
@@ -54,6 +55,9 @@ class EditSettings:
     vae: str | None = None
     clip_skip: int | None = None  # A1111's meaning: 1 = last layer, 2 = the one before
     fuse_lora: bool = True
+    fit: str = "auto"  # auto: the map's region at the model's native area; full: the whole image at its own size
+    context: int | None = None  # pixels around the map's support (None: fit.auto_context)
+    forced_work_size: str | None = None  # "WxH": run the model at this size instead
 
     def guidance_for(self, family) -> float:
         return family.default_guidance if self.guidance is None else self.guidance
@@ -82,6 +86,7 @@ class EditSettings:
         if self.map_channel not in MAP_CHANNELS:
             raise InputError(f"--map-channel {self.map_channel}: choose one of: {', '.join(MAP_CHANNELS)}")
         MapShaping.from_settings(self).validate()
+        check_fit_settings(self.fit, self.context, self.forced_work_size)
 
 
 def new_seed() -> int:
@@ -98,6 +103,8 @@ class EditResult:
     latents: object  # final latent (tensor)
     change_latent: np.ndarray
     seconds: float
+    region: Region | None = None
+    denoiser_calls: list | None = None  # the latent (h, w) of every denoiser call
 
 
 @dataclass
@@ -106,31 +113,46 @@ class RunPlan:
     scheduler: object  # None when planned without sampling
     timesteps: object
     plan: Plan
+    region: Region | None = None  # None without a map or an image size
+    change: np.ndarray | None = None  # the shaped map at the image's full size (for the paste-back)
 
 
 def plan_with_map(
     family, scheduler_config: dict, factor: int, settings: EditSettings, raw_map=None, image_size=None,
     seed: int | None = None, refiner_start: float | None = None, map_label: str = "--map", reporter: Reporter | None = None,
     sampling: bool = True,
+    native_side: int | None = None,
 ) -> RunPlan:
-    """Weights-free part of a run: shape the map onto the latent grid, plan the schedule, dither.
+    """Weights-free part of a run: shape the map, choose the working region, bring the map onto the
+    latent grid of the working size, plan the schedule, dither.
 
     `raw_map` is the map's values at its own size; `image_size` the image it applies to (default: the
-    map's size). Without a map the family's usual resolution is planned. `sampling=False` (plan, map
+    map's size). `native_side` is the model's resolution (default: the family's). Without a map the
+    whole image (or, without one either, the native size) is planned. `sampling=False` (plan, map
     preview) gives the plan alone, without a scheduler, torch or diffusers where `schedule_np` covers it.
     """
-    prepared = None
-    latent_shape = (family.default_size // factor,) * 2
-    if raw_map is not None:
+    native_side = native_side or family.default_size
+    multiple = factor * family.patch
+    prepared = change = region = None
+    latent_shape = (native_side // factor,) * 2
+    if raw_map is not None or image_size is not None:
         size = image_size or (raw_map.shape[1], raw_map.shape[0])
-        prepared = prepare_map(
-            raw_map, size, factor, multiple=factor * family.patch, shaping=MapShaping.from_settings(settings),
-            strict_size=settings.strict_size, map_label=map_label,
-        )
-        for notice in prepared.notices:
-            if reporter is not None:
-                reporter.notice(notice)
-        latent_shape = prepared.latent.shape
+        support = (0, 0, *size)
+        if raw_map is not None:
+            change, notices = shaped_map(raw_map, size, MapShaping.from_settings(settings), settings.strict_size, map_label)
+            support = support_box(change)
+            for notice in notices:
+                if reporter is not None:
+                    reporter.notice(notice)
+        work_size = parse_work_size(settings.forced_work_size)
+        region = plan_region(support, size, native_side, multiple, settings.fit, settings.context, work_size)
+        warning = oversize_warning(region, forced=work_size is not None)
+        if warning and reporter is not None:
+            reporter.warn(warning)
+        latent_shape = (region.work_size[1] // factor, region.work_size[0] // factor)
+        if change is not None:
+            prepared = fit_map(change, region, factor)
+            latent_shape = prepared.latent.shape
     scheduling = (family, scheduler_config, settings.scheduler, settings.steps, settings.strength, settings.schedule, latent_shape, seed)
     if sampling:
         scheduler, timesteps, plan = schedule_run(*scheduling, refiner_start=refiner_start)
@@ -142,7 +164,20 @@ def plan_with_map(
         warning = banding_warning(plan, prepared.latent)
         if warning and reporter is not None:
             reporter.warn(warning)
-    return RunPlan(prepared, scheduler, timesteps, plan)
+    return RunPlan(prepared, scheduler, timesteps, plan, region, change)
+
+
+def _record_denoiser_calls(adapter) -> list:
+    """Wrap the adapter's denoiser call to note the latent (h, w) it sees each time (reported in the JSON)."""
+    calls = []
+    denoise = adapter.denoise
+
+    def counted(latents, t, conditioning):
+        calls.append(tuple(latents.shape[-2:]))
+        return denoise(latents, t, conditioning)
+
+    adapter.denoise = counted
+    return calls
 
 
 def compute_edit(
@@ -172,41 +207,35 @@ def compute_edit(
     for flag, text in (("--prompt", settings.prompt), ("--negative-prompt", settings.negative_prompt)):
         for note in unsupported_syntax(text or ""):
             reporter.warn(f"{flag}: {note}")
-    multiple = adapter.pixel_multiple
     if settings.negative_prompt and not family.negative_prompts:
         reporter.warn(f"{family.label} models ignore --negative-prompt (no classifier-free guidance)")
     run = plan_with_map(
         family, model.scheduler_config, adapter.latent_factor, settings, load_map(map_path, settings.map_channel),
         source.size, seed, refiner_start=settings.refiner_start if refiner else None, map_label=f"--map {map_path}",
-        reporter=reporter,
+        reporter=reporter, native_side=model.native_size,
     )
-    prepared, scheduler, timesteps, plan = run.prepared, run.scheduler, run.timesteps, run.plan
+    prepared, scheduler, timesteps, plan, region = run.prepared, run.scheduler, run.timesteps, run.plan, run.region
     adapter.use_scheduler(scheduler)
+    calls = _record_denoiser_calls(adapter)
 
+    # Fit the job to its working region: the image cut and resized as the map was.
+    work = Image.fromarray(fit_image(source.rgb, region))
     generator = torch.Generator("cpu").manual_seed(seed)
     with torch.inference_mode():
-        padded = Image.fromarray(pad_image(source.rgb, multiple))
-        conditioning = adapter.encode_prompt(settings.prompt, settings.negative_prompt, padded.size)
-        pixels = adapter.preprocess(padded)
+        conditioning = adapter.encode_prompt(settings.prompt, settings.negative_prompt, work.size)
+        pixels = adapter.preprocess(work)
         x0 = adapter.encode_image(pixels, generator)
         conditioning = adapter.with_reference(conditioning, x0)  # Kontext, FLUX.2: the input is also a reference
         noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         change = torch.from_numpy(prepared.latent)[None, None].to(x0.device)
         request = SampleRequest(x0=x0, noise=noise, change=change, conditioning=conditioning, hardness=settings.hardness)
-        with reporter.sampling(label or image_path, plan, prepared.latent) as progress:
+        with reporter.sampling(f"{label or image_path} [{region.describe()}]", plan, prepared.latent) as progress:
             latents = sample(adapter, scheduler, timesteps, plan, request, generator, progress, on_model_input)
         decoded = adapter.decode(latents, generator)
 
-    width, height = source.size
-    generated = to_uint8(decoded)[:height, :width]
-    change_pixels = prepared.pixels[:height, :width]
-    if settings.paste_back:
-        result_rgb = paste_back(source.rgb, generated, change_pixels, settings.paste_feather)
-        untouched = change_pixels == 0
-    else:
-        result_rgb, untouched = generated, None
-    image = restore_mode(result_rgb, source.image, untouched)
-    return EditResult(image, seed, plan, x0, noise, latents, prepared.latent, time.monotonic() - started)
+    # Stitch back: into the full-size original, through the full-size map.
+    image = stitch_back(source, region, to_uint8(decoded), run.change, settings.paste_back, settings.paste_feather)
+    return EditResult(image, seed, plan, x0, noise, latents, prepared.latent, time.monotonic() - started, region, calls)
 
 
 def recorded_settings(model, settings: EditSettings, result: EditResult, image_path: str, map_path: str) -> dict:
@@ -227,6 +256,19 @@ def recorded_settings(model, settings: EditSettings, result: EditResult, image_p
         diffdiff_version=__version__,
     )
     record.update(getattr(model, "extras_record", {}))  # LoRA / embedding / VAE hashes
+    record.update(region_record(result.region, result.denoiser_calls))
+    return record
+
+
+def region_record(region: Region | None, calls: list | None = None) -> dict:
+    """The working region's keys of the metadata and JSON records (nulls when the model did not run)."""
+    record = {"region": None, "work_size": None, "native_size": None}
+    if region is not None:
+        record.update(region.to_json())
+    if calls:
+        shapes = sorted(set(calls))
+        record["denoiser_calls"] = len(calls)
+        record["denoiser_latent_size"] = [[w, h] for h, w in shapes] if len(shapes) > 1 else [shapes[0][1], shapes[0][0]]
     return record
 
 
@@ -241,3 +283,30 @@ def edit_file(
     record = recorded_settings(model, settings, result, display_input or image_path, map_path)
     save_atomically(result.image, output_path, record)
     return {**record, "output": output_path, "seconds": round(result.seconds, 3)}
+
+
+def map_changes_nothing(settings: EditSettings, map_path: str) -> bool:
+    """True when the job's shaped map is 0 everywhere (checked before any model loads); False when the
+    map cannot be read, so that the edit reports that."""
+    from diffdiff_cli.errors import DiffdiffError
+
+    try:
+        return changes_nothing(load_map(map_path, settings.map_channel), MapShaping.from_settings(settings))
+    except DiffdiffError:
+        return False
+
+
+def write_unchanged(settings: EditSettings, image_path: str, map_path: str, output_path: str, display_input: str | None = None) -> dict:
+    """The output of a map that changes nothing: the input's own pixels and mode, with the metadata; no model."""
+    source = load_source(image_path)
+    if settings.strict_size:
+        shaped_map(load_map(map_path, settings.map_channel), source.size, MapShaping(), True, f"--map {map_path}")
+    record = asdict(settings)
+    record.update(
+        seed=settings.seed, model=settings.model, family=None, sampler="none (the map changes nothing)",
+        scheduler=settings.scheduler or "default", input=display_input or image_path, map=map_path,
+        width=source.size[0], height=source.size[1], model_evaluations=0, unchanged=True, diffdiff_version=__version__,
+        **region_record(None),
+    )
+    save_atomically(source.image, output_path, record)
+    return {**record, "output": output_path, "seconds": 0.0}

@@ -1,4 +1,5 @@
-"""Finish: decoded tensor -> checked 8-bit pixels, cropped, original pixels pasted back, the input's mode."""
+"""Finish: decoded tensor -> checked 8-bit pixels, back to the region's size, original pixels pasted back
+through the full-resolution map, the input's mode, stitched into the full-size original."""
 
 from __future__ import annotations
 
@@ -67,4 +68,30 @@ def restore_mode(rgb: np.ndarray, source: Image.Image, untouched: np.ndarray | N
     if untouched is not None and untouched.any():
         original = source if source.mode == out.mode else source.convert(out.mode)
         out.paste(original, (0, 0), Image.fromarray(untouched.astype(np.uint8) * 255))
+    return out
+
+
+def stitch_back(source, region, generated: np.ndarray, change: np.ndarray, paste: bool, feather: float) -> Image.Image:
+    """The output at the input's size and mode: the generated working image brought back to the region's
+    pixel size and composited into the full-resolution original through the full-resolution map.
+
+    `source` is the loaded input (load.SourceImage), `generated` the decoded working image (H x W x 3
+    uint8), `change` the shaped map at the image's size. Pixels outside the region are the input's own;
+    with `paste`, so are the pixels inside it where the map is 0.
+    """
+    from diffdiff_cli.prepare_map import resize_rgb
+
+    x0, y0, x1, y1 = region.box
+    width, height = region.size
+    new = resize_rgb(generated, (width, height)) if region.resampled else generated[:height, :width]
+    if paste:
+        local_change = change[y0:y1, x0:x1]
+        rgb = paste_back(source.rgb[y0:y1, x0:x1], new, local_change, feather)
+        untouched = local_change == 0
+    else:
+        rgb, untouched = new, None
+    if region.box == (0, 0, *source.image.size):
+        return restore_mode(rgb, source.image, untouched)
+    out = source.image.copy()
+    out.paste(restore_mode(rgb, source.image.crop(region.box), untouched), (x0, y0))
     return out

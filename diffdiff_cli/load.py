@@ -53,6 +53,18 @@ def check_image_header(path: str, what: str) -> tuple[int, int]:
         raise InputError(f"{what} {path}: not an image Pillow can read; give a PNG, JPEG, WebP or TIFF file") from None
 
 
+_TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def upright_size(path: str, what: str) -> tuple[int, int]:
+    """(width, height) as shown, EXIF orientation applied, from the header alone (no pixels decoded)."""
+    check_image_header(path, what)
+    with Image.open(path) as im:
+        width, height = im.size
+        orientation = im.getexif().get(0x0112)
+    return (height, width) if orientation in _TRANSPOSING else (width, height)
+
+
 def load_source(path: str) -> SourceImage:
     image = open_image(path, "image")
     if image.mode.startswith("I") or image.mode == "F":
@@ -62,7 +74,7 @@ def load_source(path: str) -> SourceImage:
         # the model sees the colours; the alpha channel is carried through to the output untouched
         rgb = image.convert("RGBA").convert("RGB")
     else:
-        rgb = image.convert("RGB")
+        rgb = image if image.mode == "RGB" else image.convert("RGB")  # a 12 MP photo: no needless copy
     return SourceImage(path=path, image=image, rgb=np.asarray(rgb, dtype=np.uint8).copy())
 
 
@@ -94,6 +106,25 @@ def _float_values(image: Image.Image, what: str) -> np.ndarray:
     return rgb @ _LUMA
 
 
+def _grey_float32(image: Image.Image) -> np.ndarray | None:
+    """8- and 16-bit grey maps straight to float32, without the float64 copies a 12 MP map would cost.
+
+    The values equal the float64 path's bit for bit (v / 255 and v / 65535 are correctly rounded either
+    way, checked for every value). None for other modes.
+    """
+    if image.mode in ("1", "L"):
+        scale = 255.0
+        values = np.asarray(image.convert("L") if image.mode == "1" else image, dtype=np.float32)
+    elif image.mode.startswith("I;16"):
+        scale = 65535.0
+        values = np.asarray(image, dtype=np.float32)
+    else:
+        return None
+    values = values.copy() if not values.flags.writeable else values
+    values /= np.float32(scale)
+    return values
+
+
 def _has_alpha(image: Image.Image) -> bool:
     return image.mode in _HAS_ALPHA or (image.mode == "P" and "transparency" in image.info)
 
@@ -108,6 +139,9 @@ def map_values(image: Image.Image, channel: str = "luma", what: str = "--map") -
     if channel not in MAP_CHANNELS:
         raise InputError(f"--map-channel {channel}: choose one of: {', '.join(MAP_CHANNELS)}")
     if channel == "luma":
+        grey = _grey_float32(image)
+        if grey is not None:
+            return grey
         values = _float_values(image, what)
     elif channel == "alpha":
         if not _has_alpha(image):

@@ -31,3 +31,24 @@ def map_settings(invert_map, map_channel, map_levels, map_gamma, map_min, map_ma
         invert_map=invert_map, map_channel=map_channel, map_levels=map_levels, map_gamma=map_gamma,
         map_min=map_min, map_max=map_max, map_grow=map_grow, map_blur=map_blur, dither=dither,
     )
+
+
+# The working region (diffdiff_cli/fit.py): shared by `edit`, `plan`, `map preview` and `fan`.
+FitOpt = typer.Option(
+    "auto", "--fit", metavar="auto|full",
+    help="auto: work on the map's region (what it changes, plus --context) scaled to the model's native "
+    "area, then stitch it back into the full-size image; full: the whole image at its own size.",
+)
+ContextOpt = typer.Option(
+    None, "--context", metavar="PX",
+    help="Surroundings the model sees around the changed area, in image pixels "
+    "(default: a quarter of the changed area's longer side, at least 32).",
+)
+WorkSizeOpt = typer.Option(
+    None, "--work-size", metavar="WxH", help="Run the model at this size (rounded to its multiple of 8 or 16) instead of its native area.",
+)
+
+
+def fit_settings(fit, context, work_size) -> dict:
+    """The working-region fields of EditSettings, by name, from the options above."""
+    return dict(fit=fit, context=context, forced_work_size=work_size)

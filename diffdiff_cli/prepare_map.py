@@ -1,7 +1,8 @@
-"""Prepare the map: fit it to the image, shape it, pad to the model's multiple, resample to the latent grid.
+"""Prepare the map: fit it to the image, shape it, cut image and map to the working region and bring them
+to the working size (or pad to the model's multiple), resample the map to the latent grid.
 
 Shaping runs in a fixed order (invert, levels, gamma, min/max, grow, blur) at the image's own pixel size,
-so PX values are image pixels. Dithering needs the plan's thresholds and so runs after planning
+so PX values are image pixels, and before the working region is chosen (grow and blur widen the support). Dithering needs the plan's thresholds and so runs after planning
 (`dither_prepared`).
 """
 
@@ -129,6 +130,22 @@ def size_mismatch(map_size: tuple[int, int], image_size: tuple[int, int], map_la
     return text
 
 
+def shaped_map(
+    raw: np.ndarray, image_size: tuple[int, int], shaping: MapShaping, strict_size: bool = False, map_label: str = "map"
+) -> tuple[np.ndarray, list[str]]:
+    """The map at the image's full pixel size, shaped; and the notices (a map of another size is fitted to
+    the image, or refused with `strict_size`)."""
+    notices = []
+    change = np.asarray(raw, dtype=np.float32)
+    if (change.shape[1], change.shape[0]) != tuple(image_size):
+        mismatch = size_mismatch((change.shape[1], change.shape[0]), image_size, map_label)
+        if strict_size:
+            raise InputError(f"{mismatch}; give a map of the image's size or drop --strict-size")
+        notices.append(f"{mismatch}: map resized to the image")
+        change = fit_to_size(change, image_size)
+    return shape_map(change, shaping), notices
+
+
 def prepare_map(
     raw: np.ndarray,
     image_size: tuple[int, int],
@@ -140,24 +157,79 @@ def prepare_map(
     strict_size: bool = False,
     map_label: str = "map",
 ) -> PreparedMap:
-    """`factor`: pixels per latent cell; `multiple`: what the image is padded to (factor x patch, default factor).
+    """The whole image's map, padded: `factor` is pixels per latent cell, `multiple` what the image is
+    padded to (factor x patch, default factor).
 
     `shaping` replaces `invert` when given. A map of another size is fitted to the image (a notice), or
     refused with `strict_size`.
     """
     shaping = shaping if shaping is not None else MapShaping(invert=invert)
-    notices = []
-    change = np.asarray(raw, dtype=np.float32)
-    if (change.shape[1], change.shape[0]) != tuple(image_size):
-        mismatch = size_mismatch((change.shape[1], change.shape[0]), image_size, map_label)
-        if strict_size:
-            raise InputError(f"{mismatch}; give a map of the image's size or drop --strict-size")
-        notices.append(f"{mismatch}: map resized to the image")
-        change = fit_to_size(change, image_size)
-    change = shape_map(change, shaping)
+    change, notices = shaped_map(raw, image_size, shaping, strict_size, map_label)
     pad_w, pad_h = padding_for(image_size, multiple or factor)
     pixels = np.pad(change, ((0, pad_h), (0, pad_w)), mode="edge").astype(np.float32)
     return PreparedMap(pixels=pixels, latent=to_latent_grid(pixels, factor), notices=notices)
+
+
+# --- the working region (diffdiff_cli/fit.py plans it): the same crop and resize for image and map -------
+
+
+def support_box(change: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the pixels the map changes (x1, y1 exclusive); None if it changes none."""
+    columns = np.flatnonzero(change.max(axis=0) > 0)
+    if columns.size == 0:
+        return None
+    rows = np.flatnonzero(change.max(axis=1) > 0)
+    return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
+
+
+def changes_nothing(raw: np.ndarray, shaping: MapShaping) -> bool:
+    """True when the shaped map is 0 everywhere (the edit would return its input).
+
+    Resizing, growing and blurring cannot make an all-zero map non-zero, so the pointwise steps decide,
+    at the map's own size.
+    """
+    return not bool((shape_map(raw, replace(shaping, grow=0.0, blur=0.0)) > 0).any())
+
+
+def _shrinks(size: tuple[int, int], target: tuple[int, int]) -> bool:
+    return target[0] <= size[0] and target[1] <= size[1]
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """H x W x 3 uint8 to (width, height): area average when shrinking, Lanczos when enlarging."""
+    source = (rgb.shape[1], rgb.shape[0])
+    resample = Image.Resampling.BOX if _shrinks(source, size) else Image.Resampling.LANCZOS
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, resample), dtype=np.uint8)
+
+
+def resize_change(change: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A map to (width, height) with the image's geometry: area average when shrinking, bilinear when
+    enlarging (no overshoot: values stay in [0, 1] and areas of 0 stay 0)."""
+    source = (change.shape[1], change.shape[0])
+    resample = Image.Resampling.BOX if _shrinks(source, size) else Image.Resampling.BILINEAR
+    resized = Image.fromarray(np.ascontiguousarray(change, dtype=np.float32), mode="F").resize(size, resample)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def fit_image(rgb: np.ndarray, region) -> np.ndarray:
+    """The region of the image at the working size: padded when only the multiple is missing, else resized."""
+    x0, y0, x1, y1 = region.box
+    crop = rgb[y0:y1, x0:x1]
+    if not region.resampled:
+        return pad_image(crop, region.multiple)
+    return resize_rgb(crop, region.work_size)
+
+
+def fit_map(change: np.ndarray, region, factor: int, notices: list[str] | None = None) -> PreparedMap:
+    """The full-size shaped map cut to the region and brought to the working size, and its latent grid."""
+    x0, y0, x1, y1 = region.box
+    crop = change[y0:y1, x0:x1]
+    if region.resampled:
+        pixels = resize_change(crop, region.work_size)
+    else:
+        pad_w, pad_h = padding_for(region.size, region.multiple)
+        pixels = np.pad(crop, ((0, pad_h), (0, pad_w)), mode="edge").astype(np.float32)
+    return PreparedMap(pixels=pixels, latent=to_latent_grid(pixels, factor), notices=list(notices or []))
 
 
 def dither_prepared(prepared: PreparedMap, thresholds, rule: str = "entry") -> PreparedMap:

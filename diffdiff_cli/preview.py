@@ -47,8 +47,11 @@ def legend_rows(strength: np.ndarray, levels: np.ndarray) -> list[tuple[float, f
     return [(float(level), float(np.isclose(strength, level, atol=1e-6).sum()) / total) for level in levels]
 
 
-def render_preview(photo_rgb: np.ndarray, strength: np.ndarray, levels: np.ndarray, title: str) -> Image.Image:
-    """The overlaid photo above a legend: a swatch, the strength and the share of the image for each level."""
+def render_preview(photo_rgb: np.ndarray, strength: np.ndarray, levels: np.ndarray, title: str, box=None) -> Image.Image:
+    """The overlaid photo above a legend: a swatch, the strength and the share of the image for each level.
+
+    `box` (x0, y0, x1, y1), the working region, is outlined when it is not the whole photo.
+    """
     height, width = photo_rgb.shape[:2]
     canvas_width = max(width, LEGEND_MIN_WIDTH)
     rows = legend_rows(strength, levels)
@@ -59,6 +62,8 @@ def render_preview(photo_rgb: np.ndarray, strength: np.ndarray, levels: np.ndarr
     canvas = Image.new("RGB", (canvas_width, height + legend_height), (255, 255, 255))
     canvas.paste(Image.fromarray(overlay(photo_rgb, strength)), (0, 0))
     draw = ImageDraw.Draw(canvas)
+    if box is not None and tuple(box) != (0, 0, width, height):
+        draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=(255, 255, 255), width=max(1, min(width, height) // 256))
     font = label_font()
     top = height + 8
     draw.text((6, top), title, fill=(0, 0, 0), font=font)
@@ -74,8 +79,16 @@ def render_preview(photo_rgb: np.ndarray, strength: np.ndarray, levels: np.ndarr
 
 
 def preview_strength(
-    change_latent: np.ndarray, thresholds, factor: int, size: tuple[int, int], rule: str = "entry"
+    change_latent: np.ndarray, thresholds, factor: int, region, size: tuple[int, int], rule: str = "entry"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(strength at each image pixel, the run's levels): what the engine's binary masks will give each area."""
+    """(strength at each pixel of the (width, height) image, the run's levels): what the engine's binary masks
+    will give each area. The working region's cells are brought back onto its box; outside it nothing changes."""
     cells = effective_strength(change_latent, thresholds, rule)
-    return upsample_cells(cells, factor, size), strength_levels(thresholds, rule)
+    width, height = region.size
+    local = upsample_cells(cells, factor, region.work_size)
+    if region.resampled:  # nearest, so that every pixel shows one of the run's levels exactly
+        local = np.asarray(Image.fromarray(local.astype(np.float32), mode="F").resize((width, height), Image.Resampling.NEAREST))
+    strength = np.zeros((size[1], size[0]), dtype=np.float32)
+    x0, y0, x1, y1 = region.box
+    strength[y0:y1, x0:x1] = local[:height, :width]
+    return strength, strength_levels(thresholds, rule)

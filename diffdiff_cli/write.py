@@ -64,6 +64,10 @@ def a1111_parameters(settings: dict) -> str:
         "Diffdiff invert map": settings["invert_map"],
     }
     fields.update(_extras_fields(settings))
+    if settings.get("region"):  # the working region (--fit) and the size the model ran it at
+        fields["Diffdiff fit"] = settings["fit"]
+        fields["Diffdiff region"] = ",".join(str(v) for v in settings["region"])
+        fields["Diffdiff work size"] = "x".join(str(v) for v in settings["work_size"])
     fields["Version"] = f"diffdiff {settings['diffdiff_version']}"
     lines.append(", ".join(f"{k}: {_field(v)}" for k, v in fields.items()))
     return "\n".join(lines)

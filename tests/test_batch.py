@@ -25,8 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run(*args, cwd, **kwargs):
+    """`diffdiff edit` works on the whole image at its own size here (--fit full): these tests are about batches."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([DIFFDIFF, *map(str, args)], capture_output=True, cwd=cwd, env=env, timeout=600, **kwargs)
+    args = [*map(str, args)] + (["--fit", "full"] if args and args[0] == "edit" else [])
+    return subprocess.run([DIFFDIFF, *args], capture_output=True, cwd=cwd, env=env, timeout=600, **kwargs)
 
 
 def make_set(folder: Path, count: int = 5, size: int = 64) -> list[str]:
@@ -128,7 +130,8 @@ def test_seeds_follow_the_image_not_its_place(tmp_path):
 def test_sigint_mid_batch_leaves_only_complete_outputs(tmp_path):
     make_set(tmp_path, count=6, size=256)
     photos = [f"photos/p{i}.png" for i in range(6)]
-    args = [DIFFDIFF, "edit", *photos, "--map", "masks/{stem}.png", "-p", "x", "--out-dir", "out", "--steps", "30", "--seed", "1"]
+    args = [DIFFDIFF, "edit", *photos, "--map", "masks/{stem}.png", "-p", "x", "--out-dir", "out", "--steps", "30", "--seed", "1",
+            "--fit", "full"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -224,7 +227,7 @@ def test_example_makefile_rebuilds_only_what_changed(tmp_path):
     examples = tmp_path / "examples"
     shutil.copytree(REPO / "examples", examples, ignore=shutil.ignore_patterns("edited"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    make = ["make", "-C", str(examples), f"DIFFDIFF={DIFFDIFF}", "STEPS=3"]
+    make = ["make", "-C", str(examples), f"DIFFDIFF={DIFFDIFF}", "STEPS=3", "FIT=full"]
     first = subprocess.run(make, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr
     outputs = sorted(p.name for p in (examples / "edited").iterdir())
@@ -247,7 +250,7 @@ def test_accelerate_launch_shards_each_image_once(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffdiff_cli", "edit", *photos, *BATCH,
-              "--report", "shards.jsonl"]
+              "--report", "shards.jsonl", "--fit", "full"]
     done = subprocess.run(launch, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     records = report_lines(tmp_path / "shards.jsonl")

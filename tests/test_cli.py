@@ -19,8 +19,13 @@ DIFFDIFF = shutil.which("diffdiff", path=str(Path(sys.executable).parent)) or "d
 
 
 def run(*args, cwd=None):
+    """The command as a user types it; commands that run or plan a model work on the whole image at its own
+    size (--fit full), so that these tests about other things stay fast (tests/test_fit.py tests --fit)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([DIFFDIFF, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    args = [*map(str, args)]
+    if args and (args[0] in ("edit", "plan", "fan") or args[:2] == ["map", "preview"]):
+        args += ["--fit", "full"]
+    return subprocess.run([DIFFDIFF, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def test_help_imports_neither_torch_nor_diffusers():

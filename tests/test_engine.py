@@ -17,7 +17,7 @@ ALL_SCHEDULERS = [None, *SCHEDULERS]
 
 
 def settings(**overrides) -> EditSettings:
-    values = dict(prompt="a red circle on a blue background", steps=6, seed=7)
+    values = dict(prompt="a red circle on a blue background", steps=6, seed=7, fit="full")  # the image at its own size
     values.update(overrides)
     return EditSettings(**values)
 

@@ -31,7 +31,7 @@ def model(name, **kwargs):
 
 
 def settings(**overrides) -> EditSettings:
-    values = dict(prompt="a red circle on a blue background", steps=6, seed=11)
+    values = dict(prompt="a red circle on a blue background", steps=6, seed=11, fit="full")  # the image at its own size
     values.update(overrides)
     return EditSettings(**values)
 

@@ -15,7 +15,7 @@ from test_cli import run
 
 
 def test_each_cell_is_the_edit_under_a_uniform_map(tiny_model, images):
-    settings = EditSettings(prompt="x", steps=3, seed=4)
+    settings = EditSettings(prompt="x", steps=3, seed=4, fit="full")
     seed, cells = fan_cells(tiny_model, settings, images["photo"], [0.5, 1.0], images["gradient"])
     assert seed == 4 and [label for label, _ in cells] == ["0.5", "1.0", "map"]
     white = compute_edit(tiny_model, settings, images["photo"], images["white"]).image

@@ -106,7 +106,7 @@ def test_exif_rotated_jpeg_and_its_map_line_up(tiny_model, tmp_path, map_also_ro
         map_path = str(tmp_path / "map-rot.png")
         assert Image.open(map_path).size == (height, width)
 
-    result = compute_edit(tiny_model, EditSettings(prompt="x", steps=2, seed=1), str(tmp_path / "photo.jpg"), map_path)
+    result = compute_edit(tiny_model, EditSettings(prompt="x", steps=2, seed=1, fit="full"), str(tmp_path / "photo.jpg"), map_path)
     shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "photo.jpg")))
     out = np.asarray(result.image)
     assert result.image.size == (width, height)

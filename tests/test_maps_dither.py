@@ -62,7 +62,7 @@ def test_pinning_at_the_first_evaluation_matters_only_under_the_nodes_rule(tiny_
     second = plan.thresholds[1]
     runs = {}
     for value in (1.0, (1 + second) / 2):
-        settings = EditSettings(prompt="x", steps=4, seed=3, paste_back=False, schedule=schedule)
+        settings = EditSettings(prompt="x", steps=4, seed=3, paste_back=False, schedule=schedule, fit="full")
         runs[value] = compute_edit(tiny_model, settings, images["photo"], np.full((64, 64), value, np.float32))
     white, above = runs.values()
     if schedule == "steps":
@@ -117,7 +117,7 @@ def test_plan_and_edit_use_the_same_dithered_map(tiny_model, images):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["dither"] is True and "band" not in done.stderr
-    result = compute_edit(tiny_model, EditSettings(prompt="x", steps=4, seed=1, dither=True), images["photo"], images["gradient"])
+    result = compute_edit(tiny_model, EditSettings(prompt="x", steps=4, seed=1, dither=True, fit="full"), images["photo"], images["gradient"])
     plain = prepare_map(np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1)), (64, 64), 8).latent
     assert np.array_equal(result.change_latent, dither(plain, result.plan.thresholds, result.plan.level_rule))
     shares = [row["free_share"] for row in report["evaluations"]]

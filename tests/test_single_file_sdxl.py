@@ -153,7 +153,7 @@ def test_sdxl_single_file_edit_equals_folder_edit(sdxl, images):
     assert from_file.scheduler_config == from_folder.scheduler_config
     _assert_same_weights(from_folder.pipe, from_file.pipe)
 
-    settings = EditSettings(prompt="a red circle", steps=3, seed=1)
+    settings = EditSettings(prompt="a red circle", steps=3, seed=1, fit="full")
 
     def edit(model):
         result = compute_edit(model, settings, images["photo"], images["gradient"])

@@ -51,6 +51,10 @@ class ModelConfigs:
     family: Family
     scheduler_config: dict
     vae_scale_factor: int
+    native_size: int = 0  # the side of the square the model was trained at (0: the family's default_size)
+
+    def __post_init__(self):
+        self.native_size = self.native_size or self.family.default_size
 
     @property
     def latent_factor(self) -> int:
@@ -86,6 +90,10 @@ class LoadedModel:
     scheduler_config: dict
     refiner: object = None  # a loaded SDXL refiner pipeline, or None
     extras_record: dict = field(default_factory=dict)  # LoRA/embedding/VAE names and hashes, for the metadata
+    native_size: int = 0  # as ModelConfigs.native_size (0: the family's default_size)
+
+    def __post_init__(self):
+        self.native_size = self.native_size or self.family.default_size
 
 
 def _read_json(path: Path, label: str) -> dict:
@@ -142,7 +150,8 @@ def _folder_file(source: ModelSource, filename: str, offline: bool) -> Path:
 
 
 def read_configs(source: ModelSource, offline: bool = False, model_config: str | None = None) -> ModelConfigs:
-    """Family, scheduler config and VAE scale factor, without loading weights (nor importing torch or diffusers)."""
+    """Family, scheduler config, VAE scale factor and native resolution, without loading weights (nor
+    importing torch or diffusers)."""
     quiet_environment(offline)
     if source.kind == "single_file":
         from diffdiff_cli.models.single_file import config_folder_for
@@ -150,15 +159,38 @@ def read_configs(source: ModelSource, offline: bool = False, model_config: str |
         folder = config_folder_for(source.value, model_config)
         source = ModelSource("folder", str(folder), source.label)
     if source.kind == "builtin":
-        from diffdiff_cli.models.builtin import builtin_configs
+        from diffdiff_cli.models.builtin import SHIPPED, builtin_configs, shipped_folder
 
         family, scheduler, factor = builtin_configs(source.value)
-        return ModelConfigs(FAMILIES[family], scheduler, factor)
+        native = 0  # random-weight built-ins stand for their family's real models, so they have its size
+        if source.value in SHIPPED:
+            unet = _read_json(shipped_folder(source.value) / "unet" / "config.json", source.label)
+            native = native_side(FAMILIES[family], factor, unet, scheduler)
+        return ModelConfigs(FAMILIES[family], scheduler, factor, native)
     index = _read_json(_folder_file(source, "model_index.json", offline), source.label)
     family = family_of_pipeline(index.get("_class_name", "?"), source.label)
     scheduler = _read_json(_folder_file(source, "scheduler/scheduler_config.json", offline), source.label)
     vae = _read_json(_folder_file(source, "vae/config.json", offline), source.label)
-    return ModelConfigs(family, scheduler, vae_scale_factor_of(vae))
+    factor = vae_scale_factor_of(vae)
+    denoiser = None
+    try:
+        name = "unet" if "unet" in index else "transformer"
+        denoiser = _read_json(_folder_file(source, f"{name}/config.json", offline), source.label)
+    except InputError:  # not needed to run: the family's usual size stands in
+        pass
+    return ModelConfigs(family, scheduler, factor, native_side(family, factor, denoiser, scheduler))
+
+
+def native_side(family: Family, factor: int, denoiser_config: dict | None, scheduler_config: dict) -> int:
+    """The resolution a model was trained at: its denoiser's sample_size (latent cells) times the VAE
+    factor (SD 1.x 64 -> 512, SD 2.x-768 96 -> 768, SDXL 128 -> 1024, SDXL-Turbo 64 -> 512); an SD model
+    without one predicting v is a 768 model; otherwise the family's usual size (Flux: 1024)."""
+    sample = (denoiser_config or {}).get("sample_size")
+    if isinstance(sample, int) and sample > 0:
+        return sample * factor
+    if family.name == "sd" and scheduler_config.get("prediction_type") == "v_prediction":
+        return 768
+    return family.default_size
 
 
 def vae_scale_factor_of(vae_config: dict) -> int:
@@ -292,7 +324,7 @@ def load_model(
         if checked:
             checked.apply_to_refiner(refiner_pipe)
         _place(refiner_pipe, device, dtype, runtime)
-    return LoadedModel(source.label, configs.family, pipe, dict(pipe.scheduler.config), refiner_pipe, record)
+    return LoadedModel(source.label, configs.family, pipe, dict(pipe.scheduler.config), refiner_pipe, record, configs.native_size)
 
 
 def _first_line(error: Exception) -> str:
