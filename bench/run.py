@@ -335,7 +335,7 @@ def band_response(folder: Path, repeats: int) -> list[dict]:
     rows = []
     for name, scheduler in (("demo", "euler"), ("tiny-sd15", "euler"), ("tiny-sd15", "dpmpp_2m")):
         model = load_model(resolve_model(name), offline=True)
-        settings = EditSettings(prompt="a green background", steps=10, seed=1, scheduler=scheduler, guidance=3.0)
+        settings = EditSettings(prompt="a green background", steps=10, seed=1, scheduler=scheduler, guidance=3.0, fit="full")
         result = compute_edit(model, settings, photo, str(band_map))
         per_column = (result.latents - result.x0).abs().float().mean(dim=(0, 1, 2)).numpy()
         per_band = per_column.reshape(bands, -1).mean(axis=1)
@@ -374,7 +374,7 @@ def lora(folder: Path, repeats: int) -> list[dict]:
 
     rows = []
     (photo,), gradient = write_inputs(folder, 64)
-    settings = EditSettings(prompt="a stormy sky", steps=20, seed=1, scheduler="euler")
+    settings = EditSettings(prompt="a stormy sky", steps=20, seed=1, scheduler="euler", fit="full")
     for name in ("tiny-sd15", "tiny-sdxl"):
         path = folder / f"{name}-lora.safetensors"
         save_file(_attention_lora(load_model(resolve_model(name), offline=True).pipe), str(path))

@@ -23,6 +23,7 @@ def run(capsys, *args):
     fresh interpreter per call): (exit code, stdout, stderr)."""
     from diffdiff_cli.cli import main
 
+    args = [*args, "--fit", "full"] if args and args[0] == "edit" else args
     with pytest.raises(SystemExit) as done:
         main([str(a) for a in args])
     captured = capsys.readouterr()

@@ -39,7 +39,7 @@ def model(name):
 
 
 def settings(**overrides) -> EditSettings:
-    values = dict(prompt=PROMPT, steps=6, seed=11)
+    values = dict(prompt=PROMPT, steps=6, seed=11, fit="full")
     values.update(overrides)
     return EditSettings(**values)
 

@@ -36,7 +36,7 @@ def entry_errors(loaded, scheduler, photo, change_map, schedule="timestep"):
     """For each evaluation that frees pixels for the first time: max |latent - q(x0, sigma_k)| over those pixels,
     relative to the size of q there."""
     seen = []
-    settings = EditSettings(prompt="a red circle", steps=8, seed=5, scheduler=scheduler, schedule=schedule)
+    settings = EditSettings(prompt="a red circle", steps=8, seed=5, scheduler=scheduler, schedule=schedule, fit="full")
     result = compute_edit(loaded, settings, photo, change_map, on_model_input=lambda e, x: seen.append((e, x.clone())))
     noising = noising_for(loaded.pipe.scheduler)  # the scheduler the run used
     change = torch.from_numpy(result.change_latent)
@@ -119,11 +119,12 @@ def test_pinned_copies_use_the_schedulers_own_sigma_at_every_evaluation(tiny_mod
 
 
 def test_plan_reports_the_sigmas_the_engine_uses(tiny_model, images):
-    done = run("plan", "--map", images["gradient"], "--steps", 16, "--strength", 0.625, "--scheduler", "dpmpp_2m_karras", "--json")
+    done = run("plan", "--map", images["gradient"], "--steps", 16, "--strength", 0.625, "--scheduler", "dpmpp_2m_karras",
+               "--image", images["photo"], "--fit", "full", "--json")
     assert done.returncode == 0, done.stderr
     reported = [row["sigma"] for row in json.loads(done.stdout)["evaluations"]]
     seen = []
-    settings = EditSettings(prompt="x", steps=16, strength=0.625, seed=1, scheduler="dpmpp_2m_karras")
+    settings = EditSettings(prompt="x", steps=16, strength=0.625, seed=1, scheduler="dpmpp_2m_karras", fit="full")
     compute_edit(tiny_model, settings, images["photo"], images["gradient"], on_model_input=lambda e, x: seen.append(e.sigma))
     # plan computes the schedule in numpy (schedule_np) and edit steps the diffusers scheduler: the same sigmas
     # up to torch's float32 sqrt, which is not correctly rounded on every build (a unit in the last place)
@@ -143,7 +144,7 @@ def test_band_response_falls_with_the_map(tiny_model, tmp_path):
 
     photo = save_rgb(tmp_path / "p.png", 128, 128)
     bands = save_map(tmp_path / "b.png", linear_gradient(128, 128, bands=16))
-    result = compute_edit(tiny_model, EditSettings(prompt="x", steps=10, seed=1, scheduler="euler"), photo, bands)
+    result = compute_edit(tiny_model, EditSettings(prompt="x", steps=10, seed=1, scheduler="euler", fit="full"), photo, bands)
     per_band = (result.latents - result.x0).abs().mean(dim=(0, 1, 2)).numpy().reshape(16, -1).mean(axis=1)
     assert per_band[0] == 0.0
     assert np.all(np.diff(per_band) >= -0.05 * per_band.max())

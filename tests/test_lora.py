@@ -54,7 +54,7 @@ def lora_files(tmp_path_factory):
 
 
 def settings(**overrides) -> EditSettings:
-    values = dict(prompt=PROMPT, steps=3, seed=5)
+    values = dict(prompt=PROMPT, steps=3, seed=5, fit="full")
     values.update(overrides)
     return EditSettings(**values)
 
