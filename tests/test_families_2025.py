@@ -181,7 +181,7 @@ def test_klein_works_on_the_patchified_grid_and_plan_agrees(tmp_path):
     assert result.image.size == (72, 40) and result.change_latent.shape == (3, 5)
     assert tuple(result.latents.shape[1:]) == (128, 3, 5)
     assert np.array_equal(np.asarray(result.image)[:, :32], np.asarray(Image.open(photo))[:, :32])
-    done = run("plan", "--model", "tiny-flux2-klein", "--map", change, "--steps", 6, "--json")
+    done = run("plan", "--model", "tiny-flux2-klein", "--map", change, "--steps", 6, "--fit", "full", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     expected = [free_share(result.change_latent, e.threshold) for e in result.plan.evaluations]

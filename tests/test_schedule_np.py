@@ -281,7 +281,7 @@ def test_settings_not_implemented_fall_back_to_diffusers(family, config, name, w
 def test_families_and_family_options_not_known_here_fall_back():
     sd = FAMILIES["sd"]
     assert resolve(sd, SD15_SCHEDULER, "euler") is not None
-    assert resolve(dataclasses.replace(sd, name="qwen-image"), SD15_SCHEDULER, "euler") is None
+    assert resolve(dataclasses.replace(sd, name="a-future-family"), SD15_SCHEDULER, "euler") is None
     assert resolve(ShiftedFamily(**dataclasses.asdict(sd)), SD15_SCHEDULER, "euler") is not None  # option at its default
     assert resolve(ShiftedFamily(**dataclasses.asdict(sd), sigma_shift=3.0), SD15_SCHEDULER, "euler") is None
 
