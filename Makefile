@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 # The CPU build of torch; installed first, so no other requirement can pull a CUDA build.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# Test processes (pytest-xdist); CI has 2 cores.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo demo-model demo-check test test-slow bench clean
 
@@ -38,10 +40,10 @@ demo-check: install
 	$(BIN)/python training/check.py --out out/demo-check
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m slow
 
 # Speed and memory against plain diffusers (not part of the tests): prints a table, writes bench/results.json.
 bench: install

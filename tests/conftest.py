@@ -9,12 +9,22 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers share the cores: one thread each (and in the CLI subprocesses they start), else they fight.
+    for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_threads, "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def diffdiff_cache(tmp_path_factory):
-    """Built-ins are built once per test session into a private cache (subprocesses inherit it)."""
-    cache = os.environ.get("DIFFDIFF_TEST_CACHE") or str(tmp_path_factory.mktemp("diffdiff-cache"))
+    """Built-ins are built once per test session into a private cache (subprocesses inherit it).
+
+    Under pytest-xdist the workers share one cache beside their own temporary folders: built-ins are built
+    atomically, so the first worker to finish one keeps it and the others reuse it."""
+    shared = tmp_path_factory.getbasetemp().parent / "diffdiff-cache" if os.environ.get("PYTEST_XDIST_WORKER") else None
+    if shared is not None:
+        shared.mkdir(exist_ok=True)
+    cache = os.environ.get("DIFFDIFF_TEST_CACHE") or str(shared or tmp_path_factory.mktemp("diffdiff-cache"))
     os.environ["DIFFDIFF_CACHE"] = cache
     return cache
 
