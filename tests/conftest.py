@@ -9,6 +9,9 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tests run the random-weight tiny-sd15 (fast) unless they name a model; the default (demo) is tested
+# on its own (tests/test_validate.py), and subprocesses inherit this.
+os.environ.setdefault("DIFFDIFF_MODEL", "tiny-sd15")
 
 
 @pytest.fixture(scope="session", autouse=True)
