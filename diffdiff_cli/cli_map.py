@@ -349,7 +349,10 @@ def fan(
     from diffdiff_cli.models.registry import resolve_model
     from diffdiff_cli.write import check_output_path
 
+    from diffdiff_cli.batch import check_seed
+
     values = parse_strengths(strengths)
+    seed = check_seed(seed)  # -1 = random, as in `edit`
     steps, guidance = _model_defaults(model, steps, guidance)
     if columns < 1:
         raise InputError(f"--columns {columns}: must be at least 1")

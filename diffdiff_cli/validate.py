@@ -17,6 +17,7 @@ What it cannot foresee (NaN from the model, a disk that fills up) fails at run t
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -82,21 +83,58 @@ class _Files:
         self.images: dict[str, tuple[int, int]] = {}
         self.maps: dict[str, tuple[tuple[int, int], bool]] = {}
 
-    def image(self, path: str, label: str) -> tuple[int, int]:
-        from diffdiff_cli.load import decode_check
+    def prefetch(self, jobs: list[Job]) -> None:
+        """Decode the distinct files of many jobs on a few threads (Pillow's decoders release the GIL);
+        each result, or its error, is kept for `image` and `map` to return or raise in job order."""
+        images = {job.path: job for job in jobs if job.status != "failed"}
+        maps = {job.map for job in jobs if job.status != "failed" and job.map}
+        if len(images) + len(maps) < 4:
+            return
+        from concurrent.futures import ThreadPoolExecutor
 
+        def attempt(work):
+            try:
+                return work[0](*work[1:])
+            except InputError as e:
+                return e
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            decoded = pool.map(attempt, [(self._decode_image, p, _label(j)) for p, j in images.items()])
+            self.images.update(zip(images, decoded))
+            self.maps.update(zip(maps, pool.map(attempt, [(self._decode_map, m) for m in maps])))
+
+    def image(self, path: str, label: str) -> tuple[int, int]:
         if path not in self.images:
-            self.images[path] = decode_check(path, "image", label)
-        return self.images[path]
+            self.images[path] = self._decode_image(path, label)
+        return _raise_or(self.images[path])
 
     def map(self, path: str) -> tuple[tuple[int, int], bool]:
+        if path not in self.maps:
+            self.maps[path] = self._decode_map(path)
+        return _raise_or(self.maps[path])
+
+    @staticmethod
+    def _decode_image(path: str, label: str) -> tuple[int, int]:
+        from diffdiff_cli.load import decode_check
+
+        return decode_check(path, "image", label)
+
+    def _decode_map(self, path: str) -> tuple[tuple[int, int], bool]:
         from diffdiff_cli.load import load_map
         from diffdiff_cli.prepare_map import MapShaping, changes_nothing
 
-        if path not in self.maps:
-            values = load_map(path, self.settings.map_channel)  # every value: NaN and range checks, the channel
-            self.maps[path] = ((values.shape[1], values.shape[0]), changes_nothing(values, MapShaping.from_settings(self.settings)))
-        return self.maps[path]
+        values = load_map(path, self.settings.map_channel)  # every value: NaN and range checks, the channel
+        return (values.shape[1], values.shape[0]), changes_nothing(values, MapShaping.from_settings(self.settings))
+
+
+def _label(job: Job) -> str:
+    return STDIN_LABEL if job.input == STDIN else job.input
+
+
+def _raise_or(result):
+    if isinstance(result, InputError):
+        raise result
+    return result
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -145,6 +183,7 @@ def check_outputs(jobs: list[Job], allow_outside: bool) -> None:
 def check_files(jobs: list[Job], settings, request: JobRequest, model: ModelCheck | None) -> None:
     """Every job's settings, image and map; a failing job is marked failed with its one-line message."""
     files = _Files(settings)
+    files.prefetch(jobs)
     for job in jobs:
         if job.status == "failed":
             continue
@@ -157,7 +196,7 @@ def check_files(jobs: list[Job], settings, request: JobRequest, model: ModelChec
                     if job.overrides.keys() & {"steps", "strength"}:
                         raise InputError(f"{_where(request, job)}: {e}") from None
                     raise
-            size = files.image(job.path, STDIN_LABEL if job.input == STDIN else job.input)
+            size = files.image(job.path, _label(job))
             map_size, job.unchanged = files.map(job.map)
             if settings.strict_size and map_size != size:
                 raise InputError(

@@ -367,3 +367,44 @@ def test_like_finds_the_map_from_another_folder_and_records_the_refiner(tmp_path
         record = json.loads(image.info["diffdiff"])
     assert record["map_path"] == str((tmp_path / "a" / "m.png").resolve()) and record["seed"] == 9
     assert "refiner" in record
+
+
+def test_examples_makefile_needs_no_activated_venv(tmp_path):
+    """From a clone: `make -C examples` uses the repository's .venv (setting it up when missing)."""
+    import shutil
+
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "examples", clone / "examples", ignore=shutil.ignore_patterns("edited"))
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(PATH="/usr/bin:/bin", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    planned = subprocess.run(["make", "-n", "-C", str(clone / "examples")], capture_output=True, text=True, env=env)
+    assert f"make -C {clone} install" in planned.stdout  # no venv yet: it is set up first
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    (clone / ".venv" / "bin" / "diffdiff").symlink_to(DIFFDIFF)
+    done = subprocess.run(["make", "-C", str(clone / "examples"), "STEPS=2", "FIT=full"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "install" not in done.stdout and "--model demo" in done.stdout
+    assert sorted(p.name for p in (clone / "examples" / "edited").iterdir()) == ["ridge.png", "valley.png"]
+
+
+def test_progress_counts_the_steps_asked_for_and_shows_the_plms_warm_up():
+    import io
+
+    from diffdiff_cli.models.builtin import builtin_configs
+    from diffdiff_cli.families import FAMILIES
+    from diffdiff_cli.plan import plan_schedule
+    from diffdiff_cli.progress import Reporter, StepProgress
+
+    family, config, _ = builtin_configs("tiny-sd15")
+    lines = {}
+    for scheduler in (None, "heun"):  # the model's own PNDM: 11 evaluations for 10 steps; Heun: 19
+        plan = plan_schedule(FAMILIES[family], config, scheduler, 10, 1.0, "timestep", (8, 8))
+        stream = io.StringIO()
+        stream.isatty = lambda: False
+        with StepProgress(Reporter(stream=stream), "x", plan, np.full((8, 8), 0.5, dtype=np.float32)) as progress:
+            for evaluation in plan.evaluations:
+                progress(evaluation)
+        lines[scheduler] = stream.getvalue().splitlines()
+    assert lines[None][0].startswith("x: warm-up") and lines[None][-1].startswith("x: step 10/10 evaluation 11/11")
+    assert not any("warm-up" in line for line in lines["heun"]) and lines["heun"][-1].startswith("x: step 10/10 evaluation 19/19")
