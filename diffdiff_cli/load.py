@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from diffdiff_cli.errors import InputError
 # the refusal is one line naming the file and its size (exit 2). 0 = no limit.
 DEFAULT_MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 _limit = {"pixels": DEFAULT_MAX_PIXELS}
+_pillow_limit = threading.Lock()
 # Modes that PNG and WebP cannot write: converted to RGB when the image is read, so an edit never fails at the end.
 _CONVERT_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV")
 
@@ -28,12 +30,13 @@ def set_max_pixels(pixels: int) -> None:
 
 def _open_lazily(p: Path, what: str, label: str):
     """Image.open (header only), with diffdiff's decompression-bomb check in place of Pillow's."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # our own check below names the file, its size and the flag
-    try:
-        im = Image.open(p)
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+    with _pillow_limit:  # validation opens files on several threads; Pillow's limit is one global
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # our own check below names the file, its size and the flag
+        try:
+            im = Image.open(p)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
     width, height = im.size
     limit = _limit["pixels"]
     if limit and width * height > limit:

@@ -188,12 +188,12 @@ def check_files(jobs: list[Job], settings, request: JobRequest, model: ModelChec
         if job.status == "failed":
             continue
         try:
-            job_settings_ = job_settings(settings, job, _where(request, job))
+            own = job_settings(settings, job, _where(request, job))
             if model is not None:
                 try:
-                    model.check(job_settings_)
+                    model.check(own)
                 except InputError as e:
-                    if job.overrides.keys() & {"steps", "strength"}:
+                    if job.overrides.keys() & {"steps", "strength"}:  # the manifest line's own values
                         raise InputError(f"{_where(request, job)}: {e}") from None
                     raise
             size = files.image(job.path, _label(job))
@@ -204,12 +204,12 @@ def check_files(jobs: list[Job], settings, request: JobRequest, model: ModelChec
                     f"give a map of the image's size or drop --strict-size"
                 )
         except InputError as e:
-            if not request.manifest and job_settings_is_flag_error(e):
+            if not request.manifest and _is_flag_error(e):
                 raise
             job.status, job.error = "failed", str(e)
 
 
-def job_settings_is_flag_error(error: InputError) -> bool:
+def _is_flag_error(error: InputError) -> bool:
     """A flag's own error (the same for every image) stops the run at once, whatever --skip-invalid says."""
     return str(error).startswith("--") and not str(error).startswith(("--map ", "--manifest "))
 
@@ -302,6 +302,8 @@ def check_edit(o: dict, reporter) -> CheckedRun:
     offline = hub.prepare(source_model, o["offline"], reporter=reporter)
     if refiner_model is not None:
         offline = hub.prepare(refiner_model, offline, "--refiner", reporter=reporter) or offline
+    if extras.vae is not None:
+        offline = hub.prepare(extras.vae, offline, "--vae", ("config.json", "vae/config.json"), reporter=reporter) or offline
     model = ModelCheck(read_configs(source_model, offline=offline, model_config=o["model_config"]))
 
     request = batch.JobRequest(

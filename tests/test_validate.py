@@ -408,3 +408,21 @@ def test_progress_counts_the_steps_asked_for_and_shows_the_plms_warm_up():
         lines[scheduler] = stream.getvalue().splitlines()
     assert lines[None][0].startswith("x: warm-up") and lines[None][-1].startswith("x: step 10/10 evaluation 11/11")
     assert not any("warm-up" in line for line in lines["heun"]) and lines["heun"][-1].startswith("x: step 10/10 evaluation 19/19")
+
+
+def test_a_cached_hub_model_runs_from_the_cache_when_the_hub_cannot_be_reached(tmp_path, monkeypatch):
+    from diffdiff_cli.models import hub
+    from diffdiff_cli.models.registry import ModelSource
+
+    snapshot = tmp_path / "hub" / "models--someone--cached" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert hub.prepare(ModelSource("hub", "someone/cached", "someone/cached"), offline=False) is True
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # set before huggingface_hub is imported: no retries
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(Exception, match="not in the Hugging Face cache and 127.0.0.1 cannot be reached"):
+        hub.prepare(ModelSource("hub", "someone/else", "someone/else"), offline=False)
+    assert hub.prepare(ModelSource("builtin", "demo", "demo"), offline=False) is False  # no probe for local models

@@ -31,11 +31,11 @@ def cache_dir() -> Path:
     return Path(base) / "huggingface" / "hub"
 
 
-def is_cached(repo: str, filename: str = "model_index.json") -> bool:
-    """True when some snapshot of `repo` in the cache holds `filename`."""
+def is_cached(repo: str, filenames=("model_index.json",)) -> bool:
+    """True when some snapshot of `repo` in the cache holds one of `filenames`."""
     snapshots = cache_dir() / f"models--{repo.replace('/', '--')}" / "snapshots"
     try:
-        return any((snapshot / filename).is_file() for snapshot in snapshots.iterdir())
+        return any((snapshot / name).is_file() for snapshot in snapshots.iterdir() for name in filenames)
     except OSError:
         return False
 
@@ -68,7 +68,7 @@ def offline_from_environment() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def prepare(source, offline: bool, flag: str = "--model", filename: str = "model_index.json", reporter=None) -> bool:
+def prepare(source, offline: bool, flag: str = "--model", filenames=("model_index.json",), reporter=None) -> bool:
     """Decide, before any download is tried, how a hub model is read; return the `offline` to use.
 
     Not a hub id, or offline already: unchanged. The hub answers: online. It does not: a cached model is
@@ -79,12 +79,16 @@ def prepare(source, offline: bool, flag: str = "--model", filename: str = "model
     if reachable():
         return False
     host, _ = endpoint()
-    if is_cached(source.value, filename):
+    if is_cached(source.value, filenames):
         os.environ["HF_HUB_OFFLINE"] = "1"  # read before huggingface_hub is first imported: no retries
         if reporter is not None:
-            reporter.notice(f"{host} cannot be reached: {flag} {source.label} runs from the Hugging Face cache")
+            reporter.notice(f"{host} cannot be reached: {flag} {_label(source)} runs from the Hugging Face cache")
         return True
     raise InputError(
-        f"{flag} {source.label}: {source.value} is not in the Hugging Face cache and {host} cannot be reached "
+        f"{flag} {_label(source)}: {source.value} is not in the Hugging Face cache and {host} cannot be reached "
         f"(no network?); download it once with network access, or give a local folder or .safetensors file"
     )
+
+
+def _label(source) -> str:
+    return getattr(source, "label", None) or source.value
