@@ -1,17 +1,19 @@
 """Batch work: many inputs, one model load, nothing redone, nothing half-written, a report at the end.
 
-Jobs are planned and checked before any model loads (so a typo in image 900 fails at once), seeds follow
-from the base seed and each image's content (so sharded or reordered runs give the same pictures), and
-a run can be sharded over processes started by `accelerate launch` / `torchrun` (RANK, WORLD_SIZE).
+The batch policy lives here: how jobs are named and seeded, what happens to invalid ones, how a run is
+sharded over processes (accelerate / torchrun: RANK, WORLD_SIZE; Slurm: SLURM_PROCID, SLURM_NTASKS and job
+arrays), and how a failing image (a write error included) is reported while the others go on. Every file
+a run reads or writes is checked first, before any model loads (validate.py).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
+import errno
 import json
 import os
+import re
 import signal
 import socket
 import string
@@ -22,14 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffdiff_cli.errors import DiffdiffError, InputError
-from diffdiff_cli.write import TEMP_PREFIX, check_output_path
+from diffdiff_cli.write import TEMP_PREFIX
 
 DEFAULT_NAME = "{stem}-edited.png"
 STDIN = "-"
+STDIN_PREFIX = "diffdiff-stdin-"
 MAP_FIELDS = ("stem", "name", "parent")
 NAME_FIELDS = ("stem", "name", "parent", "ext", "seed", "index")
-# Per-image fields a manifest line may set (besides input, map, output).
+# Per-image fields a manifest line may set (besides input, map, output), with their type.
 MANIFEST_FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "strength": float, "hardness": float, "steps": int, "guidance": float}
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 .. 2^64 - 1
+RANDOM_SEED = -1  # A1111's "random"
 
 
 class Interrupted(Exception):
@@ -45,9 +50,11 @@ class Job:
     output: str
     seed: int
     overrides: dict = field(default_factory=dict)  # per-image settings from a manifest
-    status: str = "pending"  # pending | done | skipped | failed
+    status: str = "pending"  # pending | done | skipped | failed | not run
     error: str | None = None
     seconds: float = 0.0
+    output_base: str | None = None  # the folder the output must stay inside (None: -o, anywhere)
+    unchanged: bool | None = None  # the map is 0 everywhere (known after validation)
 
 
 def fill_template(template: str, flag: str, allowed: tuple[str, ...], **values) -> str:
@@ -68,29 +75,58 @@ def path_fields(path: str) -> dict:
     return {"stem": p.stem, "name": p.name, "parent": str(p.parent), "ext": p.suffix}
 
 
-def content_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# --- seeds: --seed N is seed N, as in diffusers, A1111 and ComfyUI ------------------------------------------
+
+def check_seed(value, flag: str = "--seed") -> int | None:
+    """A seed as given: 0 .. 2^64 - 1 used exactly; -1 (A1111's habit) or None = draw one; anything else refused."""
+    if value is None or value == RANDOM_SEED:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{flag} {value!r}: must be a whole number in 0 .. 2^64-1, or -1 for a random seed")
+    if not 0 <= value < SEED_LIMIT:
+        raise InputError(f"{flag} {value}: must be in 0 .. 2^64-1 (18446744073709551615), or -1 for a random seed")
+    return value
 
 
-def derive_seed(base_seed: int, digest: str) -> int:
-    """An image's seed: a function of the base seed and the image's content only."""
-    return int.from_bytes(hashlib.sha256(f"diffdiff-seed:{base_seed}:{digest}".encode()).digest()[:4], "big")
+def job_seed(explicit, flag_seed: int | None) -> int:
+    """An image's seed: the manifest's, else --seed (the same for every image), else a new one of its own."""
+    from diffdiff_cli.edit import new_seed
 
+    if explicit is not None:
+        return explicit
+    return flag_seed if flag_seed is not None else new_seed()
+
+
+# --- manifests ----------------------------------------------------------------------------------------------
 
 def read_manifest(path: str) -> list[dict]:
-    """JSON Lines (one object a line) or CSV with a header row; each row needs `input`."""
+    """JSON Lines (one object a line) or CSV with a header row; each row needs `input`. UTF-8 (a byte-order
+    mark, as spreadsheets write it, is fine); every field typed and checked."""
     source = Path(path)
     if not source.is_file():
         raise InputError(f"--manifest {path}: no such file")
     rows: list[dict] = []
-    text = source.read_text(encoding="utf-8")
+    data = source.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"--manifest {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
     if source.suffix.lower() == ".csv":
-        for number, row in enumerate(csv.DictReader(text.splitlines()), start=2):
-            rows.append(_manifest_row({k: v for k, v in row.items() if k and v not in (None, "")}, path, number))
+        reader = csv.reader(text.splitlines())
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f"--manifest {path}: no jobs in it")
+        header = [name.strip() for name in header]
+        for number, cells in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) > len(header):
+                raise InputError(
+                    f"--manifest {path} line {number}: {len(cells)} cells but the header names {len(header)} columns; "
+                    f"quote cells that hold commas"
+                )
+            row = {k: v for k, v in zip(header, cells) if k and v != ""}
+            rows.append(_manifest_row(row, path, number, from_text=True))
     else:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip() or line.lstrip().startswith("#"):
@@ -107,25 +143,55 @@ def read_manifest(path: str) -> list[dict]:
     return rows
 
 
-def _manifest_row(row: dict, path: str, number: int) -> dict:
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
+def _typed(key: str, value, kind, from_text: bool):
+    """A manifest value of the field's type, or None when it is not one (1.5 is no seed, true no step count)."""
+    if kind is str:
+        return value if isinstance(value, str) else None
+    if from_text:  # a CSV cell: text that must spell the number
+        text = value.strip()
+        if kind is int:
+            return int(text) if _INTEGER.match(text) else None
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        return value if isinstance(value, int) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _manifest_row(row: dict, path: str, number: int, from_text: bool = False) -> dict:
+    where = f"--manifest {path} line {number}"
     unknown = set(row) - {"input", "map", "output", *MANIFEST_FIELDS}
     if unknown:
         raise InputError(
-            f"--manifest {path} line {number}: unknown field(s) {', '.join(sorted(unknown))}; "
-            f"known: input, map, output, {', '.join(MANIFEST_FIELDS)}"
+            f"{where}: unknown field(s) {', '.join(sorted(unknown))}; known: input, map, output, {', '.join(MANIFEST_FIELDS)}"
         )
     if "input" not in row:
-        raise InputError(f"--manifest {path} line {number}: needs an \"input\"")
-    clean = {"input": str(row["input"])}
-    for key in ("map", "output"):
+        raise InputError(f"{where}: needs an \"input\"")
+    clean = {}
+    for key in ("input", "map", "output"):
         if key in row:
-            clean[key] = str(row[key])
+            if not isinstance(row[key], str) or not row[key]:
+                raise InputError(f"{where}: {key} {row[key]!r} must be a file name (text)")
+            clean[key] = row[key]
     for key, kind in MANIFEST_FIELDS.items():
         if key in row:
-            try:
-                clean[key] = kind(row[key])
-            except (TypeError, ValueError):
-                raise InputError(f"--manifest {path} line {number}: {key} {row[key]!r} is not a {kind.__name__}") from None
+            value = _typed(key, row[key], kind, from_text)
+            if value is None:
+                what = {str: "text", int: "whole number", float: "number"}[kind]
+                raise InputError(f"{where}: {key} {row[key]!r} is not a {what}")
+            clean[key] = value
+    if "seed" in clean:
+        clean["seed"] = check_seed(clean["seed"], f"{where}: seed")
+        if clean["seed"] is None:
+            del clean["seed"]  # -1: a random seed, drawn like any other
+    clean["_line"] = number  # for messages about this line
     return clean
 
 
@@ -138,77 +204,123 @@ class JobRequest:
     output: str | None = None
     out_dir: str | None = None
     name_template: str = DEFAULT_NAME
-    base_seed: int | None = None
+    seed: int | None = None  # --seed: the same for every image; None: each draws its own
     manifest: str | None = None
     skip_existing: bool = False
+    allow_outside_out_dir: bool = False
 
 
-def plan_jobs(request: JobRequest, stdin_path: str | None = None) -> tuple[list[Job], list[Job]]:
-    """Jobs to run and jobs that are invalid (with their error). Reads headers, never pixels or weights."""
-    from diffdiff_cli.load import check_image_header
+def plan_jobs(request: JobRequest, stdin_path: str | None = None) -> list[Job]:
+    """The jobs of a run: inputs, maps, seeds and output names. Looks at no file (validate.py does).
 
+    A job whose name cannot be made carries its error (status "failed") for validation to report.
+    """
     rows = read_manifest(request.manifest) if request.manifest else [{"input": i} for i in request.inputs]
     if request.output is not None and len(rows) > 1:
         raise InputError(f"-o {request.output}: {len(rows)} inputs need --out-dir DIR (with --name) instead of -o")
     if sum(row["input"] == STDIN for row in rows) > 1:
         raise InputError("-: standard input can be read only once")
-    base_seed = request.base_seed
-    jobs, invalid, outputs = [], [], {}
+    if request.out_dir is not None and not Path(request.out_dir).is_dir():
+        raise InputError(f"--out-dir {request.out_dir}: no such folder; create it first")
+    jobs = []
     for index, row in enumerate(rows):
         name = row["input"]
-        path = stdin_path if name == STDIN else name
         fields = path_fields(name)
-        job = Job(index=index, input=name, path=path or name, map="", output="", seed=0, overrides=dict(row))
+        job = Job(index=index, input=name, path=(stdin_path or name) if name == STDIN else name, map="", output="",
+                  seed=job_seed(row.get("seed"), request.seed), overrides=dict(row))
         try:
-            if name != STDIN:
-                check_image_header(path, "image")
             map_template = row.get("map") or request.map_template
             if map_template is None:
                 raise InputError(f"image {name}: no map; give --map FILE or a template like 'masks/{{stem}}.png'")
             job.map = fill_template(map_template, "--map", MAP_FIELDS, **fields)
-            check_image_header(job.map, "--map")
-            explicit_seed = row.get("seed")
-            job.seed = explicit_seed if explicit_seed is not None else derive_seed(base_seed, content_digest(job.path))
-            job.output = row.get("output") or _output_for(request, fields, job)
-            if job.output != STDIN:
-                check_output_path(job.output, [job.path] if name != STDIN else [])
-                earlier = outputs.get(os.path.abspath(job.output))
-                if earlier is not None:
-                    raise InputError(f"image {name}: writes {job.output}, as image {earlier} does; use {{stem}} or {{index}} in --name")
-                outputs[os.path.abspath(job.output)] = name
+            job.output, job.output_base = _output_for(request, fields, job, row.get("output"))
         except InputError as e:
             job.status, job.error = "failed", str(e)
-            invalid.append(job)
-            continue
         jobs.append(job)
-    return jobs, invalid
+    return jobs
 
 
-def _output_for(request: JobRequest, fields: dict, job: Job) -> str:
+def _output_for(request: JobRequest, fields: dict, job: Job, listed: str | None) -> tuple[str, str | None]:
+    """The output name and the folder it must stay inside: --out-dir, else the image's own folder (--name
+    beside the image) or the current folder (a manifest's `output`); None for -o, which names one file."""
     if request.output is not None:
-        return request.output
+        return request.output, None
+    if listed is not None:
+        return listed, request.out_dir or "."
     name = fill_template(request.name_template, "--name", NAME_FIELDS, **fields, seed=job.seed, index=job.index)
-    if request.out_dir is None:
-        folder = fields["parent"]
-    else:
-        folder = request.out_dir
-        if not Path(folder).is_dir():
-            raise InputError(f"--out-dir {folder}: no such folder; create it first")
-    return str(Path(folder) / name)
+    folder = request.out_dir if request.out_dir is not None else fields["parent"]
+    return str(Path(folder) / name), folder
 
 
-def shard(jobs: list[Job]) -> tuple[list[Job], int, int]:
-    """This process's share when launched by accelerate/torchrun: every job exactly once across processes."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
+def split_invalid(jobs: list[Job], skip_invalid: bool) -> tuple[list[Job], list[Job]]:
+    """(valid, invalid). Without --skip-invalid one invalid job stops the run before the model loads."""
+    valid = [job for job in jobs if job.status != "failed"]
+    invalid = [job for job in jobs if job.status == "failed"]
+    if invalid and not skip_invalid:
+        more = f" ({len(invalid)} of {len(jobs)} inputs are bad; nothing was run; --skip-invalid runs the rest)" if len(jobs) > 1 else ""
+        raise InputError(invalid[0].error + more)
+    return valid, invalid
+
+
+# --- sharding over processes: accelerate / torchrun, Slurm tasks and Slurm job arrays -------------------------
+
+def _env_int(env, name: str) -> int | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"environment variable {name}={value!r}: expected a whole number") from None
+
+
+def shard_position(env=None) -> tuple[int, int, str]:
+    """(rank, world, where from) of this process.
+
+    RANK / WORLD_SIZE (accelerate launch, torchrun) first; else Slurm: SLURM_PROCID of SLURM_NTASKS (the tasks
+    of one srun) and SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT (a job array, counted from
+    SLURM_ARRAY_TASK_MIN in steps of SLURM_ARRAY_TASK_STEP); both together split each array task's share
+    between its tasks.
+    """
+    env = os.environ if env is None else env
+    world = _env_int(env, "WORLD_SIZE")
+    if world is not None and world > 1:
+        return _checked(_env_int(env, "RANK") or 0, world, "RANK/WORLD_SIZE")
+    tasks = max(_env_int(env, "SLURM_NTASKS") or 1, 1)
+    task = (_env_int(env, "SLURM_PROCID") or 0) if tasks > 1 else 0
+    _checked(task, tasks, "SLURM_PROCID/SLURM_NTASKS")
+    count = max(_env_int(env, "SLURM_ARRAY_TASK_COUNT") or 1, 1)
+    array = 0
+    if count > 1:
+        ident = _env_int(env, "SLURM_ARRAY_TASK_ID")
+        if ident is None:
+            raise InputError("SLURM_ARRAY_TASK_COUNT is set but SLURM_ARRAY_TASK_ID is not")
+        step = max(_env_int(env, "SLURM_ARRAY_TASK_STEP") or 1, 1)
+        array = (ident - (_env_int(env, "SLURM_ARRAY_TASK_MIN") or 0)) // step
+        _checked(array, count, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")
+    used = [name for name, on in (("SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT", count > 1), ("SLURM_PROCID/SLURM_NTASKS", tasks > 1)) if on]
+    return array * tasks + task, count * tasks, " and ".join(used)
+
+
+def _checked(rank: int, world: int, source: str) -> tuple[int, int, str]:
+    if world > 1 and not 0 <= rank < world:
+        raise InputError(f"{source}: process {rank} of {world} is out of range")
+    return rank, world, source
+
+
+def shard(jobs: list[Job], rank: int | None = None, world: int | None = None) -> tuple[list[Job], int, int]:
+    """This process's share: every job exactly once across processes (every world-th job by position in the
+    checked list, so the outputs equal a single-process run's)."""
+    if rank is None or world is None:
+        rank, world, _ = shard_position()
     if world <= 1:
         return jobs, 0, 1
     return [job for job in jobs if job.index % world == rank], rank, world
 
 
-def _temp_owner_alive(name: str) -> bool:
+def _temp_owner_alive(name: str, prefix: str = TEMP_PREFIX) -> bool:
     """Temporary files carry host and pid; a file from a live process (or another host) is left alone."""
-    parts = name[len(TEMP_PREFIX):].split("-")
+    parts = name[len(prefix):].split("-")
     if len(parts) < 3 or parts[0] != socket.gethostname().replace("-", "_"):
         return True
     try:
@@ -220,8 +332,9 @@ def _temp_owner_alive(name: str) -> bool:
     return True
 
 
-def clean_stale_temporaries(folders: set[str]) -> int:
-    """Remove temporary files a killed run left in the output folders."""
+def clean_stale_temporaries(folders: set[str], prefix: str = TEMP_PREFIX) -> int:
+    """Remove temporary files a killed run left in the output folders (or, with STDIN_PREFIX, the copies
+    of standard input it left in the system's temporary folder)."""
     removed = 0
     for folder in folders:
         try:
@@ -229,7 +342,7 @@ def clean_stale_temporaries(folders: set[str]) -> int:
         except OSError:
             continue
         for entry in entries:
-            if entry.name.startswith(TEMP_PREFIX) and entry.is_file() and not _temp_owner_alive(entry.name):
+            if entry.name.startswith(prefix) and entry.is_file() and not _temp_owner_alive(entry.name, prefix):
                 try:
                     os.unlink(entry.path)
                     removed += 1
@@ -268,16 +381,19 @@ class Summary:
     seconds: float = 0.0
     interrupted: bool = False
     model_loads: int = 0
+    not_run: int = 0  # left out after the disk filled up
+    stopped: str | None = None  # why the run stopped early
 
     @property
     def exit_code(self) -> int:
-        return 130 if self.interrupted else (1 if self.failed else 0)
+        return 130 if self.interrupted else (1 if self.failed or self.not_run else 0)
 
     def line(self, rank: int, world: int) -> str:
         shard_note = f" (process {rank + 1} of {world})" if world > 1 else ""
-        state = "interrupted: " if self.interrupted else ""
+        state = "interrupted: " if self.interrupted else (f"stopped ({self.stopped}): " if self.stopped else "")
+        not_run = f", {self.not_run} not run" if self.not_run else ""
         return (
-            f"diffdiff: {state}{self.done} done, {self.skipped} skipped, {self.failed} failed "
+            f"diffdiff: {state}{self.done} done, {self.skipped} skipped, {self.failed} failed{not_run} "
             f"in {self.seconds:.1f} s{shard_note}"
         )
 
@@ -333,13 +449,32 @@ def settings_for(base, job: Job):
     return settings
 
 
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _failure(job: Job, error: Exception) -> str:
+    """One line for an image's failure; never the name of an internal temporary file."""
+    if isinstance(error, DiffdiffError):
+        return str(error)
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+        name = str(error.filename) if error.filename else None
+        if name is None or Path(name).name.startswith(TEMP_PREFIX) or name == job.output:
+            return f"could not write {'standard output' if job.output == STDIN else job.output}: {reason}"
+        return f"{job.input if name == job.path else name}: {reason}"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''} (rerun with --debug for the traceback)"
+
+
 def run_jobs(
-    jobs, invalid, base_settings, load, reporter, report: Report, fail_fast: bool = False, skip_existing: bool = False
+    jobs, invalid, base_settings, load, reporter, report: Report, fail_fast: bool = False, skip_existing: bool = False,
+    debug: bool = False,
 ) -> Summary:
     """Edit every job in turn with one model, loaded on first need. Returns the summary.
 
-    A failing image is reported and the rest go on (unless `fail_fast`); a model that cannot be loaded
-    stops the run with its own error.
+    Each image's failure is that image's: it is reported and the rest go on (unless `fail_fast`). A full
+    disk stops the run (the images left are reported as not run); a model that cannot be loaded stops it
+    with its own error. An interrupted image, or one whose write fails, leaves no file.
     """
     from diffdiff_cli.edit import edit_file, map_changes_nothing, write_unchanged
 
@@ -362,10 +497,10 @@ def run_jobs(
         job = None
         try:
             for job in todo:
-                if fail_fast and summary.failed:
+                if (fail_fast and summary.failed) or summary.stopped:
                     break
                 extra = None
-                unchanged = map_changes_nothing(base_settings, job.map)  # an all-black map needs no model
+                unchanged = job.unchanged if job.unchanged is not None else map_changes_nothing(base_settings, job.map)
                 if model is None and not unchanged:
                     model = load()
                     summary.model_loads += 1
@@ -381,10 +516,18 @@ def run_jobs(
                     summary.done += 1
                     where = "stdout" if job.output == STDIN else job.output
                     reporter.result(f"wrote {where} (seed {job.seed}, {time.monotonic() - job_started:.1f} s)")
-                except DiffdiffError as e:
-                    job.status, job.error = "failed", str(e)
+                except Interrupted:
+                    raise
+                except Exception as e:  # this image's failure only
+                    if debug and not isinstance(e, DiffdiffError):
+                        import traceback
+
+                        traceback.print_exc()
+                    job.status, job.error = "failed", _failure(job, e)
                     summary.failed += 1
-                    reporter.warn(f"{job.input}: {e}")
+                    reporter.warn(f"{job.input}: {job.error}")
+                    if isinstance(e, OSError) and e.errno in DISK_FULL:
+                        summary.stopped = "the disk is full"
                 job.seconds = time.monotonic() - job_started
                 report.add(job_record(job, summary.model_loads, extra))
                 overall.advance(job)
@@ -393,16 +536,56 @@ def run_jobs(
             if job is not None and job.status == "pending":
                 job.status, job.error = "interrupted", "interrupted before it finished; nothing was written"
                 report.add(job_record(job, summary.model_loads))
+    if summary.stopped:
+        for left in todo:
+            if left.status == "pending":
+                left.status, left.error = "not run", f"not run: {summary.stopped}"
+                summary.not_run += 1
+                report.add(job_record(left, summary.model_loads))
     summary.seconds = time.monotonic() - started
     return summary
 
 
+def stdin_prefix() -> str:
+    """Copies of standard input name host and process, as output temporaries do, so stale ones can be told apart."""
+    return f"{STDIN_PREFIX}{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
+
+
 def read_stdin_to_temp() -> str:
-    """Standard input saved to a private temporary file, so it can be checked and read like any image."""
+    """Standard input saved to a private temporary file, so it can be checked and read like any image.
+
+    Copies that killed runs left behind (their process gone) are removed first.
+    """
+    clean_stale_temporaries({tempfile.gettempdir()}, STDIN_PREFIX)
     data = sys.stdin.buffer.read()
     if not data:
         raise InputError("-: standard input is empty; pipe an image in, e.g. 'cat photo.png | diffdiff edit - ...'")
-    handle = tempfile.NamedTemporaryFile(prefix="diffdiff-stdin-", suffix=".img", delete=False)
+    handle = tempfile.NamedTemporaryFile(prefix=stdin_prefix(), suffix=".img", delete=False)
     with handle:
         handle.write(data)
     return handle.name
+
+
+def run_edit(checked, reporter, report_path: str | None = None, json_out: bool = False, fail_fast: bool = False,
+             skip_existing: bool = False, debug: bool = False) -> Summary:
+    """Run a checked `edit` (validate.check_edit): one model load, on first need, for all its jobs."""
+    from diffdiff_cli.models.load import load_model
+
+    model_label = checked.settings.model
+    if checked.world > 1:
+        reporter.notice(f"process {checked.rank + 1} of {checked.world} ({checked.shard_source}): "
+                        f"{len(checked.jobs) + len(checked.invalid)} of {checked.total} images")
+
+    def load():
+        reporter.notice(f"loading model {model_label}")
+        if model_label.startswith("tiny-"):
+            reporter.notice(f"{model_label} has random weights: it shows the mechanics, not pictures; try --model demo or a real checkpoint (sd15, sdxl, ...)")
+        return load_model(checked.source_model, offline=checked.offline, model_config=checked.model_config, runtime=checked.runtime,
+                          refiner=checked.refiner_model, extras=checked.extras)
+
+    report = Report(report_path, to_stdout=json_out)
+    try:
+        return run_jobs(checked.jobs, checked.invalid, checked.settings, load, reporter, report, fail_fast=fail_fast,
+                        skip_existing=skip_existing, debug=debug)
+    finally:
+        report.close()

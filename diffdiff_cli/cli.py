@@ -15,12 +15,15 @@ from typing import List, Optional
 import typer
 
 from diffdiff_cli import __version__
-from diffdiff_cli.errors import DiffdiffError, InputError
-from diffdiff_cli.map_options import (
-    DitherOpt, MapBlurOpt, MapChannelOpt, MapGammaOpt, MapGrowOpt, MapLevelsOpt, MapMaxOpt, MapMinOpt, StrictSizeOpt, map_settings,
+from diffdiff_cli.cli_options import (
+    BATCH, DEFAULT_MAX_PIXELS, MAP, MODEL, OUTPUT, PERFORMANCE, SAMPLING,
+    AllowPickleOpt, ContextOpt, DeviceOpt, DitherOpt, DtypeOpt, FitOpt, InvertOpt, JsonOpt, MapBlurOpt, MapChannelOpt,
+    MapGammaOpt, MapGrowOpt, MapLevelsOpt, MapMaxOpt, MapMinOpt, ModelConfigOpt, ModelOpt, OfflineOpt, OffloadOpt, QuietOpt,
+    RefinerOpt, RefinerStartOpt, ScheduleOpt, SchedulerOpt, SeedOpt, StepsOpt, StrengthOpt, StrictSizeOpt, WorkSizeOpt,
+    fit_settings, map_settings,
 )
-from diffdiff_cli.map_options import ContextOpt, FitOpt, WorkSizeOpt, fit_settings
-from diffdiff_cli.schedulers import SCHEDULERS
+from diffdiff_cli.cli_options import model_defaults as _model_defaults
+from diffdiff_cli.errors import DiffdiffError, InputError
 
 app = typer.Typer(
     name="diffdiff",
@@ -29,13 +32,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",  # for the option panels of `edit --help`; no help text uses [markup]
 )
 models_app = typer.Typer(help="List the built-in models and aliases, or save a built-in as a diffusers folder.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-SCHEDULER_HELP = "Sampler: " + ", ".join(SCHEDULERS) + ". Default: the model's own."
 DEBUG_ENV = "DIFFDIFF_DEBUG"
+_debug = {"on": False}  # --debug, anywhere on the line (main() takes it out before parsing)
 
 
 def _version(value: bool) -> None:
@@ -47,50 +50,38 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (any position on the line)."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (any position on the line; the exit code stays)."),
 ) -> None:
     """diffdiff: per-pixel-strength image editing on Stable Diffusion models."""
 
 
-# Options shared by `edit` and `plan`.
-ModelOpt = typer.Option(
-    "tiny-sd15", "--model", "-m", envvar="DIFFDIFF_MODEL",
-    help="Built-in name, alias (sd15, sdxl, flux-schnell, ...), hub id, diffusers folder or .safetensors file.",
+EDIT_EXAMPLES = (
+    "Examples (offline, on the built-in demo model):\n\n"
+    "  diffdiff edit demo/photo.png --map sample_masks/sky-top-down.png -p \"a green background\" -o out.png\n\n"
+    "  diffdiff edit shots/*.png --map 'masks/{stem}.png' -p \"a red background\" --out-dir edited/ --seed 42\n\n"
+    "  diffdiff edit --manifest jobs.csv -p \"a blue background\" --out-dir edited/ --report report.jsonl"
 )
-SchedulerOpt = typer.Option(None, "--scheduler", help=SCHEDULER_HELP)
-StepsOpt = typer.Option(None, "--steps", help="Sampler steps before --strength cuts the schedule. Default: 30 (4 for turbo/schnell aliases).")
-StrengthOpt = typer.Option(1.0, "--strength", help="Global strength in (0, 1]; a pixel with map value c changes about as much as img2img at c x strength.")
-ScheduleOpt = typer.Option("timestep", "--schedule", help="Threshold rule: 'timestep' (ComfyUI's node, default) or 'steps' (the paper's code).")
-InvertOpt = typer.Option(False, "--invert-map", help="Read the map as white = keep (maps made for the paper's code or diffusers' community pipelines).")
-OfflineOpt = typer.Option(False, "--offline", help="Never download: use built-ins, local files and the Hugging Face cache only.")
-ModelConfigOpt = typer.Option(None, "--model-config", help="For a .safetensors file: a diffusers folder whose configs (and tokenizer) match it.")
-JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-AllowPickleOpt = typer.Option(False, "--allow-pickle", help="Accept .ckpt/.pt/.bin checkpoints (read with torch's weights_only loader).")
-RefinerOpt = typer.Option(None, "--refiner", help="An SDXL refiner that takes over the end of the schedule (one threshold ramp across both).")
-RefinerStartOpt = typer.Option(0.8, "--refiner-start", help="Share of the schedule the base model runs before the refiner takes over.")
-DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | mps.")
-DtypeOpt = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, fp16 on GPUs) | fp32 | fp16 | bf16.")
-OffloadOpt = typer.Option("none", "--offload", help="none | model (whole models to the GPU in turn) | sequential (layer by layer, least memory).")
 
 
-@app.command()
+@app.command(epilog=EDIT_EXAMPLES)
 def edit(
     ctx: typer.Context,
     images: Optional[List[str]] = typer.Argument(None, help="Images to edit (shell globs welcome; - reads one from standard input)."),
-    map_path: Optional[str] = typer.Option(None, "--map", help="Change map (white = change fully, black = keep exactly), or a template per image: 'masks/{stem}.png' ({stem}, {name}, {parent})."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the changed areas should show."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output file for a single image (.png, .jpg, .webp; - = PNG to stdout). Default: <stem>-edited.png beside the image."),
-    out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Folder for the outputs of many images (named by --name)."),
-    name: str = typer.Option("{stem}-edited.png", "--name", help="Output name template: {stem}, {name}, {parent}, {ext}, {seed}, {index}."),
-    manifest: Optional[str] = typer.Option(None, "--manifest", help="Jobs file (.jsonl, or .csv with a header): input, map, output, prompt, negative_prompt, seed, strength, hardness, steps, guidance per line."),
-    like: Optional[str] = typer.Option(None, "--like", help="Reuse the settings (and seed) recorded in an earlier output; flags given here override them."),
-    negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
+    map_path: Optional[str] = typer.Option(None, "--map", rich_help_panel=MAP, help="Change map (white = change fully, black = keep exactly), or a template per image: 'masks/{stem}.png' ({stem}, {name}, {parent})."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", rich_help_panel=SAMPLING, help="What the changed areas should show."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", rich_help_panel=OUTPUT, help="Output file for a single image (.png, .jpg, .webp; - = PNG to stdout); never an input or map of the run. Default: <stem>-edited.png beside the image."),
+    out_dir: Optional[str] = typer.Option(None, "--out-dir", rich_help_panel=OUTPUT, help="Folder for the outputs of many images (named by --name); every output stays inside it."),
+    name: str = typer.Option("{stem}-edited.png", "--name", rich_help_panel=OUTPUT, help="Output name template: {stem}, {name}, {parent}, {ext}, {seed}, {index}."),
+    allow_outside_out_dir: bool = typer.Option(False, "--allow-outside-out-dir", rich_help_panel=OUTPUT, help="Let --name or a manifest's output write outside --out-dir (or the image's folder)."),
+    manifest: Optional[str] = typer.Option(None, "--manifest", rich_help_panel=BATCH, help="Jobs file (.jsonl, or .csv with a header; UTF-8): input, map, output, prompt, negative_prompt, seed, strength, hardness, steps, guidance per line."),
+    like: Optional[str] = typer.Option(None, "--like", rich_help_panel=OUTPUT, help="Reuse the settings (and seed) recorded in an earlier output; flags given here override them."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", "-n", rich_help_panel=SAMPLING, help="What to steer away from."),
     model: str = ModelOpt,
     scheduler: Optional[str] = SchedulerOpt,
     steps: Optional[int] = StepsOpt,
-    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Guidance scale (1 or less turns classifier-free guidance off). Default: the family's (SD 7.5, SDXL 5, SD3 7, Flux 3.5)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", rich_help_panel=SAMPLING, help="Guidance scale (1 or less turns classifier-free guidance off). Default: the family's (SD 7.5, SDXL 5, SD3 7, Flux 3.5)."),
     strength: float = StrengthOpt,
-    hardness: float = typer.Option(1.0, "--hardness", help="1 = binary per-step masks (default), 0 = the map as a fully soft mask, between = a mix."),
+    hardness: float = typer.Option(1.0, "--hardness", rich_help_panel=SAMPLING, help="1 = binary per-step masks (default), 0 = the map as a fully soft mask, between = a mix."),
     schedule: str = ScheduleOpt,
     invert_map: bool = InvertOpt,
     map_channel: str = MapChannelOpt,
@@ -102,12 +93,12 @@ def edit(
     map_blur: float = MapBlurOpt,
     dither: bool = DitherOpt,
     strict_size: bool = StrictSizeOpt,
-    paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back", help="Paste the original pixels back where the map is 0 (bit-identical), feathered into low-change areas."),
-    paste_feather: float = typer.Option(0.1, "--paste-feather", help="Map level at which the generated pixels fully replace the original (0 = only map 0 is pasted back)."),
+    paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back", rich_help_panel=MAP, help="Paste the original pixels back where the map is 0 (bit-identical), feathered into low-change areas."),
+    paste_feather: float = typer.Option(0.1, "--paste-feather", rich_help_panel=MAP, help="Map level at which the generated pixels fully replace the original (0 = only map 0 is pasted back)."),
     fit: str = FitOpt,
     context: Optional[int] = ContextOpt,
     forced_work_size: Optional[str] = WorkSizeOpt,
-    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Base seed; each image's seed follows from it and the image's content (default: random; every seed used is printed and recorded)."),
+    seed: Optional[int] = SeedOpt,
     offline: bool = OfflineOpt,
     model_config: Optional[str] = ModelConfigOpt,
     refiner: Optional[str] = RefinerOpt,
@@ -115,114 +106,43 @@ def edit(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     offload: str = OffloadOpt,
-    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode and encode in tiles: large images in less memory."),
-    no_t5: bool = typer.Option(False, "--no-t5", help="SD3: leave the T5 text encoder out (less memory, weaker prompts)."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", rich_help_panel=PERFORMANCE, help="Decode and encode in tiles: large images in less memory."),
+    no_t5: bool = typer.Option(False, "--no-t5", rich_help_panel=PERFORMANCE, help="SD3: leave the T5 text encoder out (less memory, weaker prompts)."),
     allow_pickle: bool = AllowPickleOpt,
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave images whose output already exists alone (a rerun redoes nothing)."),
-    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first image that fails (default: report it and go on)."),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Run the valid images even when others are missing or unreadable (default: stop before loading the model)."),
-    report_path: Optional[str] = typer.Option(None, "--report", help="Append one JSON line per image (input, map, output, seed, status, error, seconds) to this file."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", rich_help_panel=BATCH, help="Leave images whose output already exists alone (a rerun redoes nothing)."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", rich_help_panel=BATCH, help="Stop at the first image that fails (default: report it and go on)."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", rich_help_panel=BATCH, help="Run the valid images even when others are bad (default: stop before loading the model)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", metavar="N", rich_help_panel=BATCH, help="Largest image or map (width x height) to open, a guard against decompression bombs (Pillow's limit); 0 = no limit."),
+    report_path: Optional[str] = typer.Option(None, "--report", rich_help_panel=BATCH, help="Append one JSON line per image (input, map, output, seed, status, error, seconds) to this file."),
     json_out: bool = JsonOpt,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notices on stderr (errors, warnings and the seed still print)."),
+    quiet: bool = QuietOpt,
     # What users bring to a checkpoint (README: "LoRAs, embeddings, a VAE, clip skip and prompt syntax")
-    loras: List[str] = typer.Option([], "--lora", metavar="PATH[:SCALE]", help="LoRA file (.safetensors: diffusers, kohya or A1111 layout), optionally PATH:SCALE (default 1); repeat to combine several."),
-    embeddings: List[str] = typer.Option([], "--embedding", metavar="PATH[:TOKEN]", help="Textual-inversion embedding (A1111 or diffusers file), optionally PATH:TOKEN (default token: the file's stem); repeatable."),
-    vae: Optional[str] = typer.Option(None, "--vae", metavar="PATH|HUB_ID", help="Replace the model's VAE: a diffusers VAE folder, a single .safetensors file or a hub id."),
-    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", metavar="N", help="Text-encoder layer from the end, as A1111: 1 = last (SD's default), 2 = the one before (SDXL's and SD3's default)."),
-    fuse_lora: bool = typer.Option(True, "--fuse-lora/--no-fuse-lora", help="Merge the LoRAs into the weights once (faster steps, default) or keep them as separate layers."),
+    loras: List[str] = typer.Option([], "--lora", metavar="PATH[:SCALE]", rich_help_panel=MODEL, help="LoRA file (.safetensors: diffusers, kohya or A1111 layout), optionally PATH:SCALE (default 1); repeat to combine several."),
+    embeddings: List[str] = typer.Option([], "--embedding", metavar="PATH[:TOKEN]", rich_help_panel=MODEL, help="Textual-inversion embedding (A1111 or diffusers file), optionally PATH:TOKEN (default token: the file's stem); repeatable."),
+    vae: Optional[str] = typer.Option(None, "--vae", metavar="PATH|HUB_ID", rich_help_panel=MODEL, help="Replace the model's VAE: a diffusers VAE folder, a single .safetensors file or a hub id."),
+    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", metavar="N", rich_help_panel=MODEL, help="Text-encoder layer from the end, as A1111: 1 = last (SD's default), 2 = the one before (SDXL's and SD3's default)."),
+    fuse_lora: bool = typer.Option(True, "--fuse-lora/--no-fuse-lora", rich_help_panel=PERFORMANCE, help="Merge the LoRAs into the weights once (faster steps, default) or keep them as separate layers."),
 ) -> None:
-    """Edit IMAGES where --map says, as much as it says, towards --prompt. One model load for all of them."""
+    """Edit IMAGES where --map says, as much as it says, towards --prompt. One model load for all of them.
+
+    Every input, map, flag, manifest line and output name is checked before the model loads: bad input is exit 2 with one line, and nothing is written.
+    """
     options = {k: v for k, v in locals().items() if k != "ctx"}
     from diffdiff_cli import batch
-    from diffdiff_cli.edit import EditSettings, new_seed
-    from diffdiff_cli.models.load import Runtime, load_model
-    from diffdiff_cli.models.registry import resolve_model
     from diffdiff_cli.progress import Reporter
+    from diffdiff_cli.validate import check_edit
 
-    exact_seed = None
     if like is not None:
-        exact_seed = _apply_like(ctx, options, like)
-    o = options
-    if not o["images"] and not o["manifest"]:
-        raise InputError("give at least one IMAGE to edit (or --manifest FILE); see 'diffdiff edit --help'")
-    if o["prompt"] is None:
-        raise InputError("--prompt is required (or --like an earlier output)")
-    if o["output"] == "-" and o["json_out"]:
-        raise InputError("-o - writes the image to stdout, so --json cannot share it; use --report FILE")
-    steps_, guidance_ = _model_defaults(o["model"], o["steps"], o["guidance"])
-    from diffdiff_cli.models.extras import Extras
-
-    extras = Extras.from_options(o["loras"], o["embeddings"], o["vae"], o["clip_skip"], o["fuse_lora"], allow_pickle=o["allow_pickle"])
-    settings = EditSettings(
-        prompt=o["prompt"],
-        negative_prompt=o["negative_prompt"],
-        model=o["model"],
-        scheduler=o["scheduler"],
-        steps=steps_,
-        guidance=guidance_,
-        strength=o["strength"],
-        hardness=o["hardness"],
-        schedule=o["schedule"],
-        **map_settings(
-            o["invert_map"], o["map_channel"], o["map_levels"], o["map_gamma"], o["map_min"], o["map_max"],
-            o["map_grow"], o["map_blur"], o["dither"],
-        ),
-        strict_size=o["strict_size"],
-        paste_back=o["paste_back"],
-        paste_feather=o["paste_feather"],
-        refiner_start=o["refiner_start"],
-        **extras.settings(),
-        **fit_settings(o["fit"], o["context"], o["forced_work_size"]),
-    )
-    settings.validate()
-    runtime = Runtime(device=o["device"], dtype=o["dtype"], offload=o["offload"], vae_tiling=o["vae_tiling"], no_t5=o["no_t5"])
-    runtime.validate()
-    source_model = resolve_model(o["model"], allow_pickle=o["allow_pickle"])
-    refiner_model = None if o["refiner"] is None else resolve_model(o["refiner"], allow_pickle=o["allow_pickle"])
-    if o["model_config"] is not None and not Path(o["model_config"]).is_dir():
-        raise InputError(f"--model-config {o['model_config']}: no such folder")
-
-    reporter = Reporter(quiet=o["quiet"])
-    base_seed = o["seed"] if o["seed"] is not None else new_seed()
-    stdin_path = batch.read_stdin_to_temp() if "-" in (o["images"] or []) else None
+        _apply_like(ctx, options, like)
+    reporter = Reporter(quiet=options["quiet"])
+    checked = check_edit(options, reporter)  # every check; nothing loaded, nothing written
     try:
-        request = batch.JobRequest(
-            inputs=list(o["images"] or []), map_template=o["map_path"], output=o["output"], out_dir=o["out_dir"],
-            name_template=o["name"], base_seed=base_seed, manifest=o["manifest"],
-        )
-        jobs, invalid = batch.plan_jobs(request, stdin_path)
-        if exact_seed is not None and o["seed"] is None:
-            for job in jobs:
-                job.seed = job.overrides.get("seed", exact_seed)
-        total = len(jobs) + len(invalid)
-        if invalid and not o["skip_invalid"]:
-            more = f" ({len(invalid)} of {total} inputs are bad; nothing was run; --skip-invalid runs the rest)" if total > 1 else ""
-            raise InputError(invalid[0].error + more)
-        jobs, rank, world = batch.shard(jobs)
-        invalid, _, _ = batch.shard(invalid)
-        if o["seed"] is None and exact_seed is None and total > 1:
-            reporter.notice(f"base seed {base_seed}")
-
-        def load():
-            reporter.notice(f"loading model {o['model']}")
-            if o["model"].startswith("tiny-"):
-                reporter.notice(f"{o['model']} has random weights: it shows the mechanics, not pictures; try --model demo or a real checkpoint (sd15, sdxl, ...)")
-            return load_model(
-                source_model, offline=o["offline"], model_config=o["model_config"], runtime=runtime, refiner=refiner_model, extras=extras
-            )
-
-        report = batch.Report(o["report_path"], to_stdout=o["json_out"])
-        try:
-            summary = batch.run_jobs(
-                jobs, invalid, settings, load, reporter, report, fail_fast=o["fail_fast"], skip_existing=o["skip_existing"]
-            )
-        finally:
-            report.close()
+        summary = batch.run_edit(checked, reporter, options["report_path"], options["json_out"], options["fail_fast"],
+                                 options["skip_existing"], debug=_debug["on"])
     finally:
-        if stdin_path is not None:
-            os.unlink(stdin_path)
-    if total > 1 or summary.exit_code != 0 or world > 1:
-        print(summary.line(rank, world), file=sys.stderr, flush=True)
+        checked.cleanup()
+    if checked.total > 1 or summary.exit_code != 0 or checked.world > 1:
+        print(summary.line(checked.rank, checked.world), file=sys.stderr, flush=True)
     raise typer.Exit(summary.exit_code)
 
 
@@ -230,13 +150,14 @@ def edit(
 _LIKE_KEYS = (
     "prompt", "negative_prompt", "model", "steps", "guidance", "strength", "hardness", "schedule", "invert_map",
     "map_channel", "map_levels", "map_gamma", "map_min", "map_max", "map_grow", "map_blur", "dither",
-    "paste_back", "paste_feather", "refiner_start", "loras", "embeddings", "vae", "clip_skip", "fuse_lora",
+    "paste_back", "paste_feather", "refiner", "refiner_start", "loras", "embeddings", "vae", "clip_skip", "fuse_lora",
     "fit", "context", "forced_work_size",
 )
 
 
-def _apply_like(ctx: typer.Context, options: dict, path: str) -> int | None:
-    """Fill every option not given on the command line from the output's record; return its seed."""
+def _apply_like(ctx: typer.Context, options: dict, path: str) -> None:
+    """Fill every option not given on the command line from the output's record, its seed included. The
+    map is found by its resolved path (so an output made in another folder works), else as recorded."""
     from diffdiff_cli.write import read_recorded
 
     record, _ = read_recorded(path, "--like")
@@ -253,8 +174,10 @@ def _apply_like(ctx: typer.Context, options: dict, path: str) -> int | None:
     if not given("scheduler") and record.get("scheduler") not in (None, "default"):
         options["scheduler"] = record["scheduler"]
     if not given("map_path") and record.get("map"):
-        options["map_path"] = record["map"]
-    return record.get("seed")
+        resolved = record.get("map_path")
+        options["map_path"] = resolved if resolved and Path(resolved).is_file() else record["map"]
+    if not given("seed") and record.get("seed") is not None:
+        options["seed"] = record["seed"]
 
 
 @app.command()
@@ -333,16 +256,6 @@ def _stdout_console():
     from rich.console import Console
 
     return Console(width=None if sys.stdout.isatty() else 160)
-
-
-def _model_defaults(model: str, steps: int | None, guidance: float | None) -> tuple[int, float | None]:
-    """Steps and guidance not given on the command line: the model's own defaults (few-step models), else 30."""
-    from diffdiff_cli.edit import DEFAULT_STEPS
-    from diffdiff_cli.models.registry import model_defaults
-
-    defaults = model_defaults(model)
-    steps = steps if steps is not None else defaults.get("steps", DEFAULT_STEPS)
-    return steps, guidance if guidance is not None else defaults.get("guidance")
 
 
 def _region_report(run, native_side: int, fit: str) -> dict:
@@ -454,10 +367,20 @@ def models_save(
     print(f"diffdiff: saved {name} to {folder}", file=sys.stderr)
 
 
+def _traceback() -> None:
+    import traceback
+
+    traceback.print_exc()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: every failure becomes one line on stderr and an exit code (2 usage/input, 1 run time)."""
+    """Entry point: every failure becomes one line on stderr and an exit code (2 usage/input, 1 run time).
+
+    `--debug` adds the traceback above that line; the exit code stays the same.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV) == "1"
+    _debug["on"] = debug
     args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
     try:
@@ -472,27 +395,31 @@ def main(argv: list[str] | None = None) -> None:
             print(e.format_message(), file=sys.stderr)
             sys.exit(2)
         if debug:
-            raise
+            _traceback()
         ctx = getattr(e, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else " (see 'diffdiff --help')"
         print(f"diffdiff: error: {e.format_message()}{where}", file=sys.stderr)
         code = 2
     except DiffdiffError as e:
         if debug:
-            raise
+            _traceback()
         print(f"diffdiff: error: {e}", file=sys.stderr)
         code = e.exit_code
     except KeyboardInterrupt:
         print("diffdiff: interrupted", file=sys.stderr)
         code = 130
-    except Exception as e:  # a bug or an unforeseen failure: still one line, unless --debug
+    except Exception as e:  # a bug or an unforeseen failure: still one line (and the traceback with --debug)
         if debug:
-            raise
+            _traceback()
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"diffdiff: error: {type(e).__name__}: {message} (rerun with --debug for the traceback)", file=sys.stderr)
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        print(f"diffdiff: error: {type(e).__name__}: {message}{hint}", file=sys.stderr)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
 
 
-# `diffdiff map ...` and `diffdiff fan` live in their own module and register themselves on `app`.
-from diffdiff_cli import cli_map  # noqa: E402,F401
+# `diffdiff map ...` and `diffdiff fan` live in their own module; they are registered here.
+from diffdiff_cli import cli_map  # noqa: E402
+
+app.add_typer(cli_map.map_app, name="map")
+app.command()(cli_map.fan)

@@ -1,4 +1,4 @@
-"""`diffdiff map ...` (make, shape and preview change maps) and `diffdiff fan`, registered on the main app.
+"""`diffdiff map ...` (make, shape and preview change maps) and `diffdiff fan`; cli.py registers them on the app.
 
 Like cli.py, nothing heavy is imported at module level: numpy, PIL and torch load inside the commands.
 """
@@ -12,22 +12,18 @@ from typing import Optional
 
 import typer
 
-from diffdiff_cli.cli import (
-    AllowPickleOpt, DeviceOpt, DtypeOpt, InvertOpt, JsonOpt, ModelConfigOpt, ModelOpt, OfflineOpt, ScheduleOpt, SchedulerOpt,
-    StepsOpt, StrengthOpt,
-    _model_defaults, app,
+from diffdiff_cli.cli_options import (
+    AllowPickleOpt, ContextOpt, DeviceOpt, DitherOpt, DtypeOpt, FitOpt, InvertOpt, JsonOpt, MapBlurOpt, MapChannelOpt,
+    MapGammaOpt, MapGrowOpt, MapLevelsOpt, MapMaxOpt, MapMinOpt, ModelConfigOpt, ModelOpt, OfflineOpt, QuietOpt, ScheduleOpt,
+    SchedulerOpt, SeedOpt, StepsOpt, StrengthOpt, StrictSizeOpt, WorkSizeOpt, fit_settings, map_settings,
 )
+from diffdiff_cli.cli_options import model_defaults as _model_defaults
 from diffdiff_cli.errors import InputError
-from diffdiff_cli.map_options import (
-    DitherOpt, MapBlurOpt, MapChannelOpt, MapGammaOpt, MapGrowOpt, MapLevelsOpt, MapMaxOpt, MapMinOpt, StrictSizeOpt, map_settings,
-)
-from diffdiff_cli.map_options import ContextOpt, FitOpt, WorkSizeOpt, fit_settings
 
 map_app = typer.Typer(
     help="Make, shape and preview change maps. Maps are written as 16-bit grayscale PNG (white = change, black = keep).",
     no_args_is_help=True,
 )
-app.add_typer(map_app, name="map")
 
 OutputOpt = typer.Option(..., "--output", "-o", help="The map to write (.png, 16-bit grayscale).")
 SizeOpt = typer.Option(..., "--size", metavar="WxH", help="Width and height in pixels, e.g. 768x512.")
@@ -319,7 +315,6 @@ def map_preview(
         print(json.dumps(record, sort_keys=True))
 
 
-@app.command()
 def fan(
     image: str = typer.Argument(..., help="The image to edit."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="What the changed areas should show."),
@@ -338,14 +333,14 @@ def fan(
     fit: str = FitOpt,
     context: Optional[int] = ContextOpt,
     forced_work_size: Optional[str] = WorkSizeOpt,
-    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed, the same for every cell (default: a new one, printed)."),
+    seed: Optional[int] = SeedOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     offline: bool = OfflineOpt,
     model_config: Optional[str] = ModelConfigOpt,
     allow_pickle: bool = AllowPickleOpt,
     json_out: bool = JsonOpt,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notices on stderr."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """The Strength Fan: the same edit with the whole map at 0.1, 0.2 ... 1.0, side by side (one model load)."""
     from diffdiff_cli.edit import EditSettings
@@ -354,7 +349,10 @@ def fan(
     from diffdiff_cli.models.registry import resolve_model
     from diffdiff_cli.write import check_output_path
 
+    from diffdiff_cli.batch import check_seed
+
     values = parse_strengths(strengths)
+    seed = check_seed(seed)  # -1 = random, as in `edit`
     steps, guidance = _model_defaults(model, steps, guidance)
     if columns < 1:
         raise InputError(f"--columns {columns}: must be at least 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ from diffdiff_cli.prompts import unsupported_syntax
 from diffdiff_cli.schedulers import check_scheduler_name, sampler_label
 from diffdiff_cli.write import save_atomically
 
-DEFAULT_MODEL = "tiny-sd15"
+DEFAULT_MODEL = "demo"  # as cli_options.DEFAULT_MODEL
 DEFAULT_STEPS = 30
 
 
@@ -48,6 +49,7 @@ class EditSettings:
     paste_back: bool = True
     paste_feather: float = DEFAULT_PASTE_FEATHER
     seed: int | None = None
+    refiner: str | None = None  # an SDXL refiner, as --refiner named it (recorded, so --like reuses it)
     refiner_start: float = 0.8
     # What users bring to a checkpoint (issue 12): applied once per model load (models/extras.py)
     loras: tuple[str, ...] = ()  # "PATH:SCALE"
@@ -72,12 +74,12 @@ class EditSettings:
             raise InputError(f"--hardness {self.hardness:g}: must be in [0, 1]; 1 = binary masks, 0 = fully soft")
         if not 0.0 < self.refiner_start < 1.0:
             raise InputError(f"--refiner-start {self.refiner_start:g}: must be between 0 and 1 (exclusive)")
-        if self.guidance is not None and self.guidance < 0:
-            raise InputError(f"--guidance {self.guidance:g}: must be 0 or more")
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise InputError(f"--guidance {self.guidance:g}: must be a finite number, 0 or more")
         if not 0.0 <= self.paste_feather <= 1.0:
             raise InputError(f"--paste-feather {self.paste_feather:g}: must be in [0, 1]")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise InputError(f"--seed {self.seed}: must be in 0 .. 2^63-1")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise InputError(f"--seed {self.seed}: must be in 0 .. 2^64-1, or -1 for a random seed")
         if self.schedule not in SCHEDULES:
             raise InputError(f"--schedule {self.schedule}: choose one of: {', '.join(SCHEDULES)}")
         check_scheduler_name(self.scheduler)
@@ -199,7 +201,7 @@ def compute_edit(
     started = time.monotonic()
     seed = new_seed() if settings.seed is None else settings.seed
 
-    source = load_source(image_path)
+    source = load_source(image_path, label)
     family = model.family
     refiner = Refiner(model.refiner, settings.refiner_start) if model.refiner is not None else None
     adapter = adapter_for(family.name, model.pipe, settings.guidance_for(family), refiner=refiner)
@@ -250,6 +252,7 @@ def recorded_settings(model, settings: EditSettings, result: EditResult, image_p
         scheduler=settings.scheduler or "default",
         input=image_path,
         map=map_path,
+        map_path=_resolved(map_path),
         width=result.image.size[0],
         height=result.image.size[1],
         model_evaluations=len(result.plan.evaluations),
@@ -258,6 +261,13 @@ def recorded_settings(model, settings: EditSettings, result: EditResult, image_p
     record.update(getattr(model, "extras_record", {}))  # LoRA / embedding / VAE hashes
     record.update(region_record(result.region, result.denoiser_calls))
     return record
+
+
+def _resolved(path) -> str | None:
+    """A file's absolute path, so that `--like` finds the map from any folder."""
+    from pathlib import Path
+
+    return str(Path(path).resolve()) if isinstance(path, str) and path != "-" else None
 
 
 def region_record(region: Region | None, calls: list | None = None) -> dict:
@@ -298,14 +308,14 @@ def map_changes_nothing(settings: EditSettings, map_path: str) -> bool:
 
 def write_unchanged(settings: EditSettings, image_path: str, map_path: str, output_path: str, display_input: str | None = None) -> dict:
     """The output of a map that changes nothing: the input's own pixels and mode, with the metadata; no model."""
-    source = load_source(image_path)
+    source = load_source(image_path, display_input)
     if settings.strict_size:
         shaped_map(load_map(map_path, settings.map_channel), source.size, MapShaping(), True, f"--map {map_path}")
     record = asdict(settings)
     record.update(
         seed=settings.seed, model=settings.model, family=None, sampler="none (the map changes nothing)",
         scheduler=settings.scheduler or "default", input=display_input or image_path, map=map_path,
-        width=source.size[0], height=source.size[1], model_evaluations=0, unchanged=True, diffdiff_version=__version__,
+        map_path=_resolved(map_path), width=source.size[0], height=source.size[1], model_evaluations=0, unchanged=True, diffdiff_version=__version__,
         **region_record(None),
     )
     save_atomically(source.image, output_path, record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,43 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diffdiff_cli.errors import InputError
+
+# Pillow's own guard against decompression bombs: it refuses images above twice MAX_IMAGE_PIXELS (about
+# 179 megapixels). diffdiff keeps that limit as the default of --max-pixels and checks it itself, so that
+# the refusal is one line naming the file and its size (exit 2). 0 = no limit.
+DEFAULT_MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+_limit = {"pixels": DEFAULT_MAX_PIXELS}
+_pillow_limit = threading.Lock()
+# Modes that PNG and WebP cannot write: converted to RGB when the image is read, so an edit never fails at the end.
+_CONVERT_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV")
+
+
+def set_max_pixels(pixels: int) -> None:
+    """--max-pixels N: the largest image (width x height) diffdiff opens; 0 turns the guard off."""
+    if pixels < 0:
+        raise InputError(f"--max-pixels {pixels}: must be 0 (no limit) or more")
+    _limit["pixels"] = pixels
+
+
+def _open_lazily(p: Path, what: str, label: str):
+    """Image.open (header only), with diffdiff's decompression-bomb check in place of Pillow's."""
+    with _pillow_limit:  # validation opens files on several threads; Pillow's limit is one global
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # our own check below names the file, its size and the flag
+        try:
+            im = Image.open(p)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    width, height = im.size
+    limit = _limit["pixels"]
+    if limit and width * height > limit:
+        im.close()
+        raise InputError(
+            f"{what} {label}: {width}x{height} is {width * height:,} pixels, more than --max-pixels {limit:,} "
+            f"(a guard against decompression bombs); if you trust the file, pass --max-pixels {width * height}"
+        )
+    return im
+
 
 # Luminance weights (ITU-R BT.601, as Pillow's "L" conversion), applied in float so 16-bit detail survives.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
@@ -25,32 +63,61 @@ class SourceImage:
         return self.image.size
 
 
-def open_image(path: str, what: str) -> Image.Image:
-    """Open and fully decode an image file, or fail with one line naming it."""
-    p = Path(path)
+def _exists(p: Path, what: str, label: str) -> None:
     if not p.exists():
-        raise InputError(f"{what} {path}: no such file")
+        raise InputError(f"{what} {label}: no such file")
     if p.is_dir():
-        raise InputError(f"{what} {path}: is a folder, not an image file")
+        raise InputError(f"{what} {label}: is a folder, not an image file")
+
+
+def _unreadable(e: Exception, what: str, label: str) -> InputError:
+    reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else f"cannot decode: {e}"
+    return InputError(f"{what} {label}: {reason}; give a PNG, JPEG, WebP or TIFF file")
+
+
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
+
+
+def open_image(path: str, what: str, label: str | None = None) -> Image.Image:
+    """Open and fully decode an image file, or fail with one line naming it (`label`: the name to show,
+    e.g. "-" for standard input, whose bytes lie in a temporary file)."""
+    p, label = Path(path), label or path
+    _exists(p, what, label)
     try:
-        with Image.open(p) as im:
+        with _open_lazily(p, what, label) as im:
             im.load()
             return ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else f"cannot decode: {e}"
-        raise InputError(f"{what} {path}: {reason}; give a PNG, JPEG, WebP or TIFF file") from None
+    except _DECODE_ERRORS as e:
+        raise _unreadable(e, what, label) from None
 
 
-def check_image_header(path: str, what: str) -> tuple[int, int]:
-    """Cheap check (header only) that a file is an image; returns its stored size."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{what} {path}: no such file" if not p.exists() else f"{what} {path}: is a folder, not an image file")
+def decode_check(path: str, what: str, label: str | None = None) -> tuple[int, int]:
+    """Decode every byte of an image's pixel data (a truncated or corrupt file fails here, named), as cheaply
+    as Pillow allows: JPEGs at 1/8 scale (`draft`: the entropy-coded data is still read to the end).
+    Returns the upright (EXIF-oriented) size."""
+    p, label = Path(path), label or path
+    _exists(p, what, label)
     try:
-        with Image.open(p) as im:
+        with _open_lazily(p, what, label) as im:
+            width, height = im.size
+            orientation = im.getexif().get(0x0112)
+            if im.format == "JPEG":
+                im.draft(im.mode if im.mode in ("RGB", "L") else None, (max(width // 8, 1), max(height // 8, 1)))
+            im.load()
+    except _DECODE_ERRORS as e:
+        raise _unreadable(e, what, label) from None
+    return (height, width) if orientation in _TRANSPOSING else (width, height)
+
+
+def check_image_header(path: str, what: str, label: str | None = None) -> tuple[int, int]:
+    """Cheap check (header only) that a file is an image; returns its stored size."""
+    p, label = Path(path), label or path
+    _exists(p, what, label)
+    try:
+        with _open_lazily(p, what, label) as im:
             return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InputError(f"{what} {path}: not an image Pillow can read; give a PNG, JPEG, WebP or TIFF file") from None
+    except _DECODE_ERRORS:
+        raise InputError(f"{what} {label}: not an image Pillow can read; give a PNG, JPEG, WebP or TIFF file") from None
 
 
 _TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -59,17 +126,19 @@ _TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 def upright_size(path: str, what: str) -> tuple[int, int]:
     """(width, height) as shown, EXIF orientation applied, from the header alone (no pixels decoded)."""
     check_image_header(path, what)
-    with Image.open(path) as im:
+    with _open_lazily(Path(path), what, path) as im:
         width, height = im.size
         orientation = im.getexif().get(0x0112)
     return (height, width) if orientation in _TRANSPOSING else (width, height)
 
 
-def load_source(path: str) -> SourceImage:
-    image = open_image(path, "image")
+def load_source(path: str, label: str | None = None) -> SourceImage:
+    image = open_image(path, "image", label)
+    if image.mode in _CONVERT_TO_RGB:
+        image = image.convert("RGB")  # a CMYK JPEG: the output is RGB (PNG and WebP hold no CMYK)
     if image.mode.startswith("I") or image.mode == "F":
         # 16-bit / float grayscale: bring to 8 bits by true depth (Pillow's own conversion clamps at 255)
-        image = Image.fromarray(np.round(map_values(image, what=f"image {path}") * 255).astype(np.uint8))
+        image = Image.fromarray(np.round(map_values(image, what=f"image {label or path}") * 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # the model sees the colours; the alpha channel is carried through to the output untouched
         rgb = image.convert("RGBA").convert("RGB")
@@ -92,7 +161,10 @@ def _float_values(image: Image.Image, what: str) -> np.ndarray:
         return raw / (4294967295.0 if raw.max(initial=0) > 65535 else 65535.0)
     if mode == "F":
         values = np.asarray(image, dtype=np.float64)
-        if not np.isfinite(values).all() or values.min(initial=0) < -1e-3 or values.max(initial=0) > 1 + 1e-3:
+        if not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            raise InputError(f"{what}: a float image holds {bad} NaN or infinite value(s); fix them, or save the map as an 8- or 16-bit image")
+        if values.min(initial=0) < -1e-3 or values.max(initial=0) > 1 + 1e-3:
             raise InputError(
                 f"{what}: a float image must hold values in 0..1 (found {np.nanmin(values):g}..{np.nanmax(values):g}); "
                 f"rescale it, or save it as an 8- or 16-bit image"
@@ -155,11 +227,12 @@ def map_values(image: Image.Image, channel: str = "luma", what: str = "--map") -
     return np.clip(values, 0.0, 1.0).astype(np.float32)
 
 
-def load_map(source, channel: str = "luma") -> np.ndarray:
+def load_map(source, channel: str = "luma", label: str | None = None) -> np.ndarray:
     """The change map at its own size: white (1) = change fully, black (0) = keep exactly.
 
     `source` is a file path, or an array of change values already in memory (used as it is).
     """
     if isinstance(source, np.ndarray):
         return np.clip(source, 0.0, 1.0).astype(np.float32)
-    return map_values(open_image(source, "--map"), channel, f"--map {source}")
+    label = label or source
+    return map_values(open_image(source, "--map", label), channel, f"--map {label}")

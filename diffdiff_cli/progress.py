@@ -96,8 +96,21 @@ class BatchProgress:
         return False
 
 
+def warm_up_evaluations(plan: Plan) -> set[int]:
+    """Evaluations that are no step the user asked for: PLMS (PNDM) makes one extra evaluation to start its
+    multistep history (its timesteps repeat one value), so `--steps 20` makes 21 evaluations; the first is
+    shown as the warm-up. Order-2 samplers (Heun, KDPM2) evaluate twice a step on purpose; those are
+    counted as evaluations of their step instead."""
+    evaluations = plan.evaluations
+    if len({e.step for e in evaluations}) < len(evaluations):  # several evaluations a step: order 2
+        return set()
+    repeats = any(evaluations[i].timestep == evaluations[i - 1].timestep for i in range(1, len(evaluations)))
+    return {0} if repeats else set()
+
+
 class StepProgress:
-    """Per-image progress counted in real sampler steps (an order-2 step's two evaluations are one step)."""
+    """Per-image progress in the sampler steps the user asked for: an order-2 step's two evaluations are one
+    step (the evaluation count is shown beside it), a PLMS warm-up evaluation is shown as a warm-up."""
 
     def __init__(self, reporter: Reporter, label: str, plan: Plan, change_latent: np.ndarray):
         self.reporter, self.label, self.plan, self.change = reporter, label, plan, change_latent
@@ -106,6 +119,9 @@ class StepProgress:
         self._task = None
         self._last_plain = -1
         self.started = time.monotonic()
+        self.warm_ups = warm_up_evaluations(plan)
+        self.total = plan.steps - len(self.warm_ups)
+        self.evaluations = len(plan.evaluations)
 
     def __enter__(self):
         if self.reporter.animated:
@@ -113,7 +129,7 @@ class StepProgress:
             if self._progress is None:
                 self._progress = self.reporter._new_progress()
                 self._own_progress = True
-            self._task = self._progress.add_task(self.label, total=self.plan.steps, detail="")
+            self._task = self._progress.add_task(self.label, total=self.total, detail="")
         return self
 
     def __call__(self, evaluation: Evaluation) -> None:
@@ -121,16 +137,21 @@ class StepProgress:
             return
         last = evaluation.index == len(self.plan.evaluations) - 1
         next_step = last or self.plan.evaluations[evaluation.index + 1].step != evaluation.step
-        done = evaluation.step + 1 if next_step else evaluation.step
+        warm_ups_so_far = sum(1 for i in self.warm_ups if i <= evaluation.index)
+        done = (evaluation.step + 1 if next_step else evaluation.step) - warm_ups_so_far
         share = free_share(self.change, evaluation.threshold)
         detail = f"t={evaluation.timestep:.1f} τ={evaluation.threshold:.3f} free {share:5.1%}"
+        if self.evaluations != self.total:
+            detail = f"evaluation {evaluation.index + 1}/{self.evaluations} {detail}"
         if self._progress is not None:
             self._progress.update(self._task, completed=done, detail=detail)
+        elif evaluation.index in self.warm_ups:
+            print(f"{self.label}: warm-up (PLMS starts its history, not a step) {detail}", file=self.reporter.stream, flush=True)
         elif next_step:
-            tenth = done * 10 // self.plan.steps
+            tenth = done * 10 // max(self.total, 1)
             if tenth > self._last_plain or last:
                 self._last_plain = tenth
-                print(f"{self.label}: step {done}/{self.plan.steps} {detail}", file=self.reporter.stream, flush=True)
+                print(f"{self.label}: step {done}/{self.total} {detail}", file=self.reporter.stream, flush=True)
 
     def __exit__(self, *exc):
         if self._progress is not None:

@@ -13,6 +13,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # Parallel workers share the cores: one thread each (and in the CLI subprocesses they start), else they fight.
     for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_threads, "1")
+# The tests run the random-weight tiny-sd15 (fast) unless they name a model; the default (demo) is tested
+# on its own (tests/test_validate.py), and subprocesses inherit this.
+os.environ.setdefault("DIFFDIFF_MODEL", "tiny-sd15")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import save_map, save_rgb
-from diffdiff_cli.batch import derive_seed, content_digest, fill_template, read_manifest
+from diffdiff_cli.batch import fill_template, read_manifest
 from diffdiff_cli.errors import InputError
 
 BIN = Path(sys.executable).parent
@@ -79,22 +79,20 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])  # the header reads, the pixels do not
 
 
-def test_a_corrupt_image_fails_alone_or_stops_the_run_with_fail_fast(tmp_path):
+def test_a_truncated_image_fails_before_the_model_loads_or_alone_with_skip_invalid(tmp_path):
     make_set(tmp_path)
     _truncate(tmp_path / "photos" / "p2.png")
     photos = [f"photos/p{i}.png" for i in range(5)]
-    done = run("edit", *photos, *BATCH, "--report", "r.jsonl", cwd=tmp_path)
-    assert done.returncode == 1
+    done = run("edit", *photos, *BATCH, cwd=tmp_path)
+    stderr = done.stderr.decode()
+    assert done.returncode == 2 and "p2.png" in stderr and "loading model" not in stderr, stderr
+    assert os.listdir(tmp_path / "out") == []
+    kept_going = run("edit", *photos, *BATCH, "--skip-invalid", "--report", "r.jsonl", cwd=tmp_path)
+    assert kept_going.returncode == 1
     records = {r["input"]: r for r in report_lines(tmp_path / "r.jsonl")}
     assert records["photos/p2.png"]["status"] == "failed" and "p2.png" in records["photos/p2.png"]["error"]
     assert all(records[p]["status"] == "done" for p in photos if p != "photos/p2.png")
     assert sorted(os.listdir(tmp_path / "out")) == [f"p{i}-edited.png" for i in (0, 1, 3, 4)]
-
-    shutil.rmtree(tmp_path / "out")
-    (tmp_path / "out").mkdir()
-    stopped = run("edit", *photos, *BATCH, "--fail-fast", cwd=tmp_path)
-    assert stopped.returncode == 1
-    assert sorted(os.listdir(tmp_path / "out")) == ["p0-edited.png", "p1-edited.png"]
 
 
 def test_unreadable_inputs_fail_before_the_model_loads(tmp_path):
@@ -109,11 +107,15 @@ def test_unreadable_inputs_fail_before_the_model_loads(tmp_path):
     assert missing_map.returncode == 2 and "p0-x.png" in missing_map.stderr.decode()
 
 
-def test_seeds_follow_the_image_not_its_place(tmp_path):
+def test_seed_n_is_seed_n_for_every_image_in_any_order(tmp_path):
     make_set(tmp_path, count=3)
-    forward = run("edit", "photos/p0.png", "photos/p1.png", "photos/p2.png", *BATCH, cwd=tmp_path)
+    forward = run("edit", "photos/p0.png", "photos/p1.png", "photos/p2.png", *BATCH, "--report", "f.jsonl", cwd=tmp_path)
     assert forward.returncode == 0, forward.stderr.decode()
+    assert [r["seed"] for r in report_lines(tmp_path / "f.jsonl")] == [7, 7, 7]  # --seed 7: every image uses 7
     first = {n: pixels(tmp_path / "out" / f"{n}-edited.png") for n in ("p0", "p1", "p2")}
+    for n in first:
+        with Image.open(tmp_path / "out" / f"{n}-edited.png") as image:
+            assert "Seed: 7," in image.info["parameters"] and json.loads(image.info["diffdiff"])["seed"] == 7
     shutil.rmtree(tmp_path / "out")
     (tmp_path / "out").mkdir()
     backward = run("edit", "photos/p2.png", "photos/p1.png", "photos/p0.png", *BATCH, cwd=tmp_path)
@@ -122,9 +124,20 @@ def test_seeds_follow_the_image_not_its_place(tmp_path):
         assert np.array_equal(first[n], pixels(tmp_path / "out" / f"{n}-edited.png"))
     single = run("edit", "photos/p1.png", *BATCH[:2], "-p", "autumn", "-o", "single.png", "--steps", "3", "--seed", "7", cwd=tmp_path)
     assert single.returncode == 0 and np.array_equal(first["p1"], pixels(tmp_path / "single.png"))
-    expected = derive_seed(7, content_digest(str(tmp_path / "photos" / "p1.png")))
-    with Image.open(tmp_path / "single.png") as image:
-        assert json.loads(image.info["diffdiff"])["seed"] == expected
+
+
+def test_without_seed_each_image_draws_and_records_its_own(tmp_path):
+    make_set(tmp_path, count=3)
+    photos = ["photos/p0.png", "photos/p1.png", "photos/p2.png"]
+    args = ["--map", "masks/{stem}.png", "-p", "x", "--out-dir", "out", "--steps", "1", "--report", "r.jsonl"]
+    done = run("edit", *photos, *args, "--seed", "-1", cwd=tmp_path)  # -1 = random, as in A1111
+    assert done.returncode == 0, done.stderr.decode()
+    seeds = [r["seed"] for r in report_lines(tmp_path / "r.jsonl")]
+    assert len(set(seeds)) == 3 and all(0 <= s < 2**32 for s in seeds)
+    for photo, seed in zip(photos, seeds):
+        with Image.open(tmp_path / "out" / f"{Path(photo).stem}-edited.png") as image:
+            assert json.loads(image.info["diffdiff"])["seed"] == seed
+        assert f"seed {seed}" in done.stderr.decode()
 
 
 def test_sigint_mid_batch_leaves_only_complete_outputs(tmp_path):
@@ -181,7 +194,7 @@ def test_manifest_sets_prompt_seed_and_strength_per_image(tmp_path):
     assert records[0]["seed"] == 123 and records[0]["prompt"] == "snow"
     assert records[1]["strength"] == 0.5 and records[1]["prompt"] == "default prompt" and records[1]["output"] == "out/custom.png"
     (tmp_path / "jobs.csv").write_text("input,map,prompt\nphotos/p0.png,masks/p0.png,rain\n")
-    assert read_manifest(str(tmp_path / "jobs.csv")) == [{"input": "photos/p0.png", "map": "masks/p0.png", "prompt": "rain"}]
+    assert read_manifest(str(tmp_path / "jobs.csv")) == [{"input": "photos/p0.png", "map": "masks/p0.png", "prompt": "rain", "_line": 2}]
     (tmp_path / "bad.jsonl").write_text('{"input": "photos/p0.png", "colour": "red"}\n')
     with pytest.raises(InputError, match="line 1: unknown field"):
         read_manifest(str(tmp_path / "bad.jsonl"))
