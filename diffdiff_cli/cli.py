@@ -166,7 +166,8 @@ def _apply_like(ctx: typer.Context, options: dict, path: str) -> None:
 
     def given(name: str) -> bool:
         source = ctx.get_parameter_source(name)
-        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        # an environment default (DIFFDIFF_MODEL) is not a choice made for this rerun: the record wins over it
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP", "ENVIRONMENT")
 
     for key in _LIKE_KEYS:
         if key in record and not given(key):
