@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # Test processes (pytest-xdist); CI has 2 cores.
 TEST_WORKERS ?= 2
 
-.PHONY: install demo demo-model demo-check test test-slow bench clean
+.PHONY: install demo demo-model demo-check test test-slow bench bench-real bench-gpu clean
 
 install: $(STAMP)
 
@@ -48,6 +48,15 @@ test-slow: install
 # Speed and memory against plain diffusers (not part of the tests): prints a table, writes bench/results.json.
 bench: install
 	$(BIN)/python bench/run.py
+
+# Opt-in: a real-size random-weight SD 1.5 (shipped configs) at 512 px, batch 1 and 4, 3 steps (minutes on a CPU).
+bench-real: install
+	$(BIN)/python bench/run.py --only throughput-real --repeats 1
+
+# On a machine with CUDA: the throughput table for real-size SD 1.5 and SDXL (bench/results-gpu.json, <= 8 min).
+# `bench/gpu.sh --quick` is its smoke test on the CPU.
+bench-gpu: install
+	PYTHON=$(BIN)/python bench/gpu.sh
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

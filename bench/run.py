@@ -398,6 +398,139 @@ def lora(folder: Path, repeats: int) -> list[dict]:
     return rows
 
 
+def _edit_list(model, settings, photos, gradient, caches=None):
+    """diffdiff on a list of images as one batch (edit.prepare_edit, then edit.denoise_edits), nothing written."""
+    from diffdiff_cli.caches import RunCaches
+    from diffdiff_cli.edit import denoise_edits, prepare_edit
+
+    caches = caches or RunCaches()
+    items = [prepare_edit(model, settings, photo, gradient, caches=caches) for photo in photos]
+    results = denoise_edits(model, items, caches=caches)
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        raise failed[0]
+    return results
+
+
+def _diffusers_list(model, scheduler, photos, steps, guidance, seed=1):
+    """diffusers' own img2img pipeline given the same list of images (one generator per image)."""
+    import torch
+
+    from diffdiff_cli.schedulers import make_scheduler
+
+    pipe = model.pipe
+    pipe.scheduler = make_scheduler(model.scheduler_config, scheduler, seed)
+    images = [Image.open(photo).convert("RGB") for photo in photos]
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(photos))]
+    return pipe(prompt=["a stormy sky"] * len(photos), image=images, strength=1.0, num_inference_steps=steps,
+                guidance_scale=guidance, generator=generators, output_type="np")
+
+
+def throughput(folder: Path, repeats: int, batches=(1, 2, 4, 8)) -> list[dict]:
+    """Images per second at batch 1, 2, 4, 8 (tiny-sd15, 64 px, 20 steps, gradient map) against diffusers'
+    img2img pipeline given the same list of images, and batch B against B runs of one."""
+    from diffdiff_cli.edit import EditSettings
+    from diffdiff_cli.models.load import load_model
+    from diffdiff_cli.models.registry import resolve_model
+
+    model = load_model(resolve_model("tiny-sd15"), offline=True)
+    photos, gradient = write_inputs(folder, 64, count=max(batches))
+    rows = []
+    for size in batches:
+        chosen = photos[:size]
+        settings = EditSettings(prompt="a stormy sky", steps=20, seed=1, scheduler="euler", fit="full")
+        guidance = settings.guidance_for(model.family)
+        a, b = alternate(lambda: _edit_list(model, settings, chosen, gradient),
+                         lambda: _diffusers_list(model, "euler", chosen, 20, guidance), repeats)
+        ours, theirs = statistics.median(a), statistics.median(b)
+        goal = {"goal": "<= 1.05", "met": ours / theirs <= 1.05} if size == 4 else {"goal": "(reported)", "met": None}
+        rows.append({"measure": "throughput", "case": f"tiny-sd15 64px 20 steps, batch {size} vs diffusers given the list",
+                     "diffdiff_s": ours, "diffusers_s": theirs, "ratio": ours / theirs, "images_per_s": size / ours,
+                     "diffusers_images_per_s": size / theirs, **goal})
+    one, four = alternate(lambda: [_edit_list(model, EditSettings(prompt="a stormy sky", steps=20, seed=1, scheduler="euler",
+                                                                   fit="full"), [p], gradient) for p in photos[:4]],
+                          lambda: _edit_list(model, EditSettings(prompt="a stormy sky", steps=20, seed=1, scheduler="euler",
+                                                                  fit="full"), photos[:4], gradient), repeats)
+    rows.append({"measure": "throughput", "case": "tiny-sd15 64px 20 steps: 4 images at batch 4 vs 4 at batch 1",
+                 "diffdiff_s": statistics.median(four), "diffusers_s": statistics.median(one),
+                 "ratio": statistics.median(four) / statistics.median(one), "goal": "(reported)", "met": None})
+    return rows
+
+
+def real_sd15(dtype=None, device="cpu"):
+    """A real-size SD 1.5 pipeline with random weights, built from the shipped configs (no download): UNet,
+    VAE and CLIP text encoder at their real sizes, the built-in tokenizer (the real CLIP vocabulary)."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffdiff_cli.families import FAMILIES
+    from diffdiff_cli.models.builtin import builtin_folder
+    from diffdiff_cli.models.load import LoadedModel
+    from diffdiff_cli.schedulers import make_scheduler
+
+    configs = ROOT / "diffdiff_cli" / "models" / "configs" / "sd15"
+    dtype = dtype or torch.float32
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
+    tiny = StableDiffusionImg2ImgPipeline.from_pretrained(builtin_folder("tiny-sd15"), local_files_only=True)
+    scheduler_config = json.loads((configs / "scheduler" / "scheduler_config.json").read_text())
+    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tiny.tokenizer, unet=unet,
+                                          scheduler=make_scheduler(scheduler_config, None), safety_checker=None,
+                                          feature_extractor=None, requires_safety_checker=False)
+    pipe.to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel("real-size sd15 (random weights)", FAMILIES["sd"], pipe, dict(pipe.scheduler.config))
+
+
+def throughput_real(folder: Path, repeats: int) -> list[dict]:
+    """Opt-in (`make bench-real`): a real-size random-weight SD 1.5 at 512 px, 3 steps, batch 1 and 4, per
+    image, and diffusers given the list of 4. Minutes on a CPU."""
+    from diffdiff_cli.edit import EditSettings
+
+    model = real_sd15()
+    photos, gradient = write_inputs(folder, 512, count=4)
+    settings = EditSettings(prompt="a stormy sky", steps=3, seed=1, scheduler="euler", fit="full")
+    repeats = max(1, min(repeats, 2))
+    one, four = alternate(lambda: [_edit_list(model, settings, [p], gradient) for p in photos],
+                          lambda: _edit_list(model, settings, photos, gradient), repeats)
+    _, theirs = alternate(lambda: None, lambda: _diffusers_list(model, "euler", photos, 3, 7.5), repeats)
+    per_one, per_four = statistics.median(one) / 4, statistics.median(four) / 4
+    return [
+        {"measure": "throughput (real size)", "case": "SD 1.5 UNet (random weights) 512px 3 steps: batch 4 vs batch 1, per image",
+         "diffdiff_s": per_four, "diffusers_s": per_one, "ratio": per_four / per_one, "goal": "(reported)", "met": None},
+        {"measure": "throughput (real size)", "case": "SD 1.5 512px 3 steps: 4 images at batch 4 vs diffusers given the list of 4",
+         "diffdiff_s": statistics.median(four), "diffusers_s": statistics.median(theirs),
+         "ratio": statistics.median(four) / statistics.median(theirs), "goal": "<= 1.05", "met": statistics.median(four) / statistics.median(theirs) <= 1.05},
+    ]
+
+
+def precision(folder: Path, repeats: int) -> list[dict]:
+    """Component dtypes after `--dtype fp16` and what `--dtype auto` would pick on a GPU, against the dtypes
+    diffusers' own pipelines run with (SD 1.5: VAE fp16; SDXL: VAE fp16 at rest, fp32 around encode/decode)."""
+    import torch
+
+    from diffdiff_cli.families import FAMILIES
+    from diffdiff_cli.models.load import Runtime, component_dtypes, half_precision_for, load_model
+    from diffdiff_cli.models.registry import resolve_model
+
+    rows = []
+    for name in ("tiny-sd15", "tiny-sdxl"):
+        model = load_model(resolve_model(name), offline=True, runtime=Runtime(device="cpu", dtype="fp16"))
+        pipe = model.pipe
+        dtypes = {c: str(getattr(pipe, c).dtype).replace("torch.", "") for c in ("unet", "vae", "text_encoder")}
+        rows.append({"measure": "precision", "case": f"{name} --dtype fp16: component dtypes after load", **dtypes,
+                     "goal": "vae float16 (as diffusers)", "met": dtypes["vae"] == "float16"})
+    for family in FAMILIES.values():
+        dtype = half_precision_for(family, Runtime(), torch.float16)
+        extra = {k: str(v).replace("torch.", "") for k, v in component_dtypes(family, Runtime(), dtype).items()}
+        rows.append({"measure": "precision", "case": f"--dtype auto on a GPU: {family.label}",
+                     "dtype": str(dtype).replace("torch.", ""), "components": extra, "goal": "(reported)", "met": None})
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -420,16 +553,17 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", nargs="*", choices=["overhead", "startup", "batch", "memory", "photo", "profile", "bands", "lora"])
+    parser.add_argument("--only", nargs="*", choices=["overhead", "startup", "batch", "memory", "photo", "profile", "bands", "lora",
+                                                      "throughput", "precision", "throughput-real"])
     parser.add_argument("--models", nargs="*", help="engine overhead: only these built-ins (rows not measured keep their last values)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    chosen = args.only or ["overhead", "startup", "batch", "memory", "photo", "profile", "bands", "lora"]
+    chosen = args.only or ["overhead", "startup", "batch", "memory", "photo", "profile", "bands", "lora", "throughput", "precision"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name, fn in (("startup", startup), ("batch", batch), ("memory", memory), ("photo", photo), ("bands", band_response),
-                         ("lora", lora)):
+                         ("lora", lora), ("throughput", throughput), ("precision", precision), ("throughput-real", throughput_real)):
             if name in chosen:
                 rows += fn(folder, args.repeats)
         if "overhead" in chosen:

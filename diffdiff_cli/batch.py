@@ -466,18 +466,60 @@ def _failure(job: Job, error: Exception) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''} (rerun with --debug for the traceback)"
 
 
+def parse_batch_size(text) -> int | str:
+    """`--batch-size`: a whole number of at least 1, or "auto" (see `auto_batch_size`)."""
+    if isinstance(text, int):
+        value = text
+    elif str(text).strip().lower() == "auto":
+        return "auto"
+    else:
+        try:
+            value = int(str(text))
+        except ValueError:
+            raise InputError(f"--batch-size {text}: give a whole number of at least 1, or auto") from None
+    if value < 1:
+        raise InputError(f"--batch-size {value}: must be at least 1 (or auto)")
+    return value
+
+
+# --batch-size auto on CUDA: activation memory per image, per million working pixels, by family (GiB, fp16,
+# guidance doubling included), measured loosely on real-size models; half the free memory is spent on it.
+AUTO_GIB_PER_MEGAPIXEL = {"sd": 1.5, "sdxl": 1.5}
+AUTO_GIB_PER_MEGAPIXEL_DEFAULT = 3.0  # transformer families: longer sequences, text tokens in every block
+AUTO_MAX_BATCH = 16
+
+
+def auto_batch_size(model, work_size: tuple[int, int]) -> int:
+    """`--batch-size auto`: 1 on the CPU (batching saves little there, and memory is shared); on CUDA as
+    many images of this working size as half the free GPU memory holds by the table above, 1 to 16."""
+    import torch
+
+    device = getattr(model.pipe, "_execution_device", None)
+    if device is None or torch.device(device).type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    per_image = AUTO_GIB_PER_MEGAPIXEL.get(model.family.name, AUTO_GIB_PER_MEGAPIXEL_DEFAULT) * work_size[0] * work_size[1] / 1e6
+    return max(1, min(AUTO_MAX_BATCH, int(0.5 * free / 2**30 / max(per_image, 1e-3))))
+
+
 def run_jobs(
     jobs, invalid, base_settings, load, reporter, report: Report, fail_fast: bool = False, skip_existing: bool = False,
-    debug: bool = False,
+    debug: bool = False, batch_size: int | str = 1, caches=None,
 ) -> Summary:
-    """Edit every job in turn with one model, loaded on first need. Returns the summary.
+    """Edit every job with one model, loaded on first need. Returns the summary.
 
     Each image's failure is that image's: it is reported and the rest go on (unless `fail_fast`). A full
     disk stops the run (the images left are reported as not run); a model that cannot be loaded stops it
-    with its own error. An interrupted image, or one whose write fails, leaves no file.
+    with its own error. An interrupted image, or one whose write fails, leaves no file. Jobs are prepared (image and map loaded, run planned) in order; jobs with the same batch key
+    (edit.PreparedEdit.batch_key) wait until `batch_size` of them are ready and then share their denoiser
+    calls (edit.denoise_edits). `caches` (caches.RunCaches) keeps maps and prompt embeddings across the run.
     """
-    from diffdiff_cli.edit import edit_file, map_changes_nothing, write_unchanged
+    from diffdiff_cli.caches import RunCaches
+    from diffdiff_cli.edit import denoise_edits, prepare_edit, write_edit, write_unchanged
+    from diffdiff_cli.prepare_map import MapShaping, changes_nothing
 
+    caches = caches if caches is not None else RunCaches()
+    batch_size = parse_batch_size(batch_size)
     summary = Summary(failed=len(invalid))
     started = time.monotonic()
     for job in invalid:
@@ -493,49 +535,98 @@ def run_jobs(
             report.add(job_record(job, summary.model_loads))
         else:
             todo.append(job)
+
+    def unchanged(job) -> bool:
+        """The job's shaped map is 0 everywhere (checked before any model loads); False when unreadable."""
+        try:
+            return changes_nothing(caches.raw_map(job.map, base_settings.map_channel), MapShaping.from_settings(base_settings))
+        except DiffdiffError:
+            return False
+
+    pending: dict = {}  # batch key -> [(job, prepared edit)], in the order they came
+    limits: dict = {}
+
+    def finish(job, job_started, extra=None, error=None):
+        job.seconds = time.monotonic() - job_started
+        if error is None:
+            job.status = "done"
+            summary.done += 1
+            where = "stdout" if job.output == STDIN else job.output
+            reporter.result(f"wrote {where} (seed {job.seed}, {job.seconds:.1f} s)")
+        else:
+            if debug and not isinstance(error, DiffdiffError):
+                import traceback
+
+                traceback.print_exception(error)
+            job.status, job.error = "failed", _failure(job, error)
+            summary.failed += 1
+            reporter.warn(f"{job.input}: {job.error}")
+            if isinstance(error, OSError) and error.errno in DISK_FULL:
+                summary.stopped = "the disk is full"
+        report.add(job_record(job, summary.model_loads, {**(extra or {}), **caches.counters()}))
+        overall.advance(job)
+
+    def flush(key):
+        group = pending[key]
+        results = denoise_edits(model, [item for _, item in group], reporter, caches)
+        for (job, item), result in zip(group, results):
+            if isinstance(result, Exception):
+                finish(job, item.started, error=result)
+                continue
+            try:
+                extra = write_edit(model, item, result, job.output, display_input=job.input)
+                finish(job, item.started, {**extra, "batch": len(group)})
+            except Interrupted:
+                raise
+            except Exception as e:  # this image's failure only (a full disk stops the run after it)
+                finish(job, item.started, error=e)
+        del pending[key]
+
     with interrupt_guard(), reporter.batch(len(todo)) as overall:
         job = None
         try:
             for job in todo:
                 if (fail_fast and summary.failed) or summary.stopped:
                     break
-                extra = None
-                unchanged = job.unchanged if job.unchanged is not None else map_changes_nothing(base_settings, job.map)
-                if model is None and not unchanged:
+                nothing = job.unchanged if job.unchanged is not None else unchanged(job)  # an all-black map needs no model
+                if model is None and not nothing:
                     model = load()
                     summary.model_loads += 1
                 job_started = time.monotonic()
                 try:
                     settings = settings_for(base_settings, job)
-                    if unchanged:
+                    if nothing:
                         extra = write_unchanged(settings, job.path, job.map, job.output, display_input=job.input)
                         reporter.notice(f"{job.input}: the map {job.map} is 0 everywhere, so nothing changes: the input is written as it is")
-                    else:
-                        extra = edit_file(model, settings, job.path, job.map, job.output, reporter, display_input=job.input)
-                    job.status = "done"
-                    summary.done += 1
-                    where = "stdout" if job.output == STDIN else job.output
-                    reporter.result(f"wrote {where} (seed {job.seed}, {time.monotonic() - job_started:.1f} s)")
+                        finish(job, job_started, extra)
+                        continue
+                    item = prepare_edit(model, settings, job.path, job.map, reporter, job.input, caches)
                 except Interrupted:
                     raise
-                except Exception as e:  # this image's failure only
-                    if debug and not isinstance(e, DiffdiffError):
-                        import traceback
-
-                        traceback.print_exc()
-                    job.status, job.error = "failed", _failure(job, e)
-                    summary.failed += 1
-                    reporter.warn(f"{job.input}: {job.error}")
-                    if isinstance(e, OSError) and e.errno in DISK_FULL:
-                        summary.stopped = "the disk is full"
-                job.seconds = time.monotonic() - job_started
-                report.add(job_record(job, summary.model_loads, extra))
-                overall.advance(job)
+                except Exception as e:
+                    finish(job, job_started, error=e)
+                    continue
+                key = item.batch_key(model.family)
+                if key not in limits:
+                    limits[key] = auto_batch_size(model, item.work.size) if batch_size == "auto" else batch_size
+                pending.setdefault(key, []).append((job, item))
+                if len(pending[key]) >= limits[key]:
+                    flush(key)
+                elif sum(len(group) for group in pending.values()) >= 2 * max(limits.values()):
+                    flush(max(pending, key=lambda k: len(pending[k])))  # too many waiting: run the fullest group
+                job = None
+            job = None
+            while pending:
+                flush(next(iter(pending)))
         except Interrupted:
             summary.interrupted = True
-            if job is not None and job.status == "pending":
-                job.status, job.error = "interrupted", "interrupted before it finished; nothing was written"
-                report.add(job_record(job, summary.model_loads))
+            waiting = [j for group in pending.values() for j, _ in group]
+            if job is not None and job.status == "pending" and job not in waiting:
+                waiting.append(job)
+            for stopped in waiting:
+                if stopped.status == "pending":
+                    stopped.status, stopped.error = "interrupted", "interrupted before it finished; nothing was written"
+                    report.add(job_record(stopped, summary.model_loads))
     if summary.stopped:
         for left in todo:
             if left.status == "pending":
@@ -567,7 +658,7 @@ def read_stdin_to_temp() -> str:
 
 
 def run_edit(checked, reporter, report_path: str | None = None, json_out: bool = False, fail_fast: bool = False,
-             skip_existing: bool = False, debug: bool = False) -> Summary:
+             skip_existing: bool = False, debug: bool = False, batch_size: int | str = 1) -> Summary:
     """Run a checked `edit` (validate.check_edit): one model load, on first need, for all its jobs."""
     from diffdiff_cli.models.load import load_model
 
@@ -586,6 +677,6 @@ def run_edit(checked, reporter, report_path: str | None = None, json_out: bool =
     report = Report(report_path, to_stdout=json_out)
     try:
         return run_jobs(checked.jobs, checked.invalid, checked.settings, load, reporter, report, fail_fast=fail_fast,
-                        skip_existing=skip_existing, debug=debug)
+                        skip_existing=skip_existing, debug=debug, batch_size=batch_size)
     finally:
         report.close()

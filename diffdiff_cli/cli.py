@@ -122,6 +122,8 @@ def edit(
     vae: Optional[str] = typer.Option(None, "--vae", metavar="PATH|HUB_ID", rich_help_panel=MODEL, help="Replace the model's VAE: a diffusers VAE folder, a single .safetensors file or a hub id."),
     clip_skip: Optional[int] = typer.Option(None, "--clip-skip", metavar="N", rich_help_panel=MODEL, help="Text-encoder layer from the end, as A1111: 1 = last (SD's default), 2 = the one before (SDXL's and SD3's default)."),
     fuse_lora: bool = typer.Option(True, "--fuse-lora/--no-fuse-lora", rich_help_panel=PERFORMANCE, help="Merge the LoRAs into the weights once (faster steps, default) or keep them as separate layers."),
+    batch_size: str = typer.Option("auto", "--batch-size", metavar="N|auto", rich_help_panel=PERFORMANCE, help="Images that share denoiser calls (same working size and settings; each keeps its own map, seed, prompt and output). auto: 1 on the CPU, on CUDA from free GPU memory."),
+    compile_: bool = typer.Option(False, "--compile", rich_help_panel=PERFORMANCE, help="torch.compile the denoiser: faster steps on GPUs after a warm-up of tens of seconds per new shape; pays off on long runs."),
 ) -> None:
     """Edit IMAGES where --map says, as much as it says, towards --prompt. One model load for all of them.
 
@@ -135,10 +137,11 @@ def edit(
     if like is not None:
         _apply_like(ctx, options, like)
     reporter = Reporter(quiet=options["quiet"])
+    batch_size = batch.parse_batch_size(options["batch_size"])
     checked = check_edit(options, reporter)  # every check; nothing loaded, nothing written
     try:
         summary = batch.run_edit(checked, reporter, options["report_path"], options["json_out"], options["fail_fast"],
-                                 options["skip_existing"], debug=_debug["on"])
+                                 options["skip_existing"], debug=_debug["on"], batch_size=batch_size)
     finally:
         checked.cleanup()
     if checked.total > 1 or summary.exit_code != 0 or checked.world > 1:

@@ -42,7 +42,7 @@ AllowPickleOpt = typer.Option(False, "--allow-pickle", rich_help_panel=MODEL, he
 RefinerOpt = typer.Option(None, "--refiner", rich_help_panel=MODEL, help="An SDXL refiner that takes over the end of the schedule (one threshold ramp across both).")
 RefinerStartOpt = typer.Option(0.8, "--refiner-start", rich_help_panel=MODEL, help="Share of the schedule the base model runs before the refiner takes over.")
 DeviceOpt = typer.Option("auto", "--device", rich_help_panel=PERFORMANCE, help="auto | cpu | cuda | mps.")
-DtypeOpt = typer.Option("auto", "--dtype", rich_help_panel=PERFORMANCE, help="auto (fp32 on CPU, fp16 on GPUs) | fp32 | fp16 | bf16.")
+DtypeOpt = typer.Option("auto", "--dtype", rich_help_panel=PERFORMANCE, help="auto (fp32 on CPU; on GPUs bf16 for Flux, SD3's T5 and other families that overflow fp16, fp16 elsewhere) | fp32 | fp16 | bf16.")
 OffloadOpt = typer.Option("none", "--offload", rich_help_panel=PERFORMANCE, help="none | model (whole models to the GPU in turn) | sequential (layer by layer, least memory).")
 SeedOpt = typer.Option(
     None, "--seed", "-s", rich_help_panel=SAMPLING,

@@ -124,6 +124,7 @@ def plan_with_map(
     seed: int | None = None, refiner_start: float | None = None, map_label: str = "--map", reporter: Reporter | None = None,
     sampling: bool = True,
     native_side: int | None = None,
+    shaped: tuple | None = None,
 ) -> RunPlan:
     """Weights-free part of a run: shape the map, choose the working region, bring the map onto the
     latent grid of the working size, plan the schedule, dither.
@@ -132,6 +133,8 @@ def plan_with_map(
     map's size). `native_side` is the model's resolution (default: the family's). Without a map the
     whole image (or, without one either, the native size) is planned. `sampling=False` (plan, map
     preview) gives the plan alone, without a scheduler, torch or diffusers where `schedule_np` covers it.
+    `shaped` is the map already shaped at the image's size, with its notices (caches.RunCaches.shaped_map),
+    in place of `raw_map`.
     """
     native_side = native_side or family.default_size
     multiple = factor * family.patch
@@ -140,8 +143,10 @@ def plan_with_map(
     if raw_map is not None or image_size is not None:
         size = image_size or (raw_map.shape[1], raw_map.shape[0])
         support = (0, 0, *size)
-        if raw_map is not None:
-            change, notices = shaped_map(raw_map, size, MapShaping.from_settings(settings), settings.strict_size, map_label)
+        if raw_map is not None or shaped is not None:
+            if shaped is None:
+                shaped = shaped_map(raw_map, size, MapShaping.from_settings(settings), settings.strict_size, map_label)
+            change, notices = shaped
             support = support_box(change)
             for notice in notices:
                 if reporter is not None:
@@ -182,62 +187,221 @@ def _record_denoiser_calls(adapter) -> list:
     return calls
 
 
-def compute_edit(
-    model, settings: EditSettings, image_path: str, map_path: str, reporter: Reporter | None = None, label: str | None = None,
-    on_model_input=None,
-) -> EditResult:
-    """Run one edit in memory. `model` is a LoadedModel; nothing is written. `on_model_input(evaluation,
-    latents)` sees the latent handed to the model at every evaluation (for tests and diagnostics)."""
-    import torch
-    from diffusers.utils.torch_utils import randn_tensor
+# Schedulers whose per-step noise cannot be drawn per image from each image's own generator (DPM++ SDE's
+# Brownian tree is seeded once for the whole latent): their jobs are never batched.
+UNBATCHABLE_SCHEDULERS = ("DPMSolverSDEScheduler",)
+
+
+@dataclass
+class PreparedEdit:
+    """One job loaded and planned (load -> prepare map -> plan): everything before the denoiser."""
+
+    settings: EditSettings
+    image_path: str
+    map_path: object  # a file path, or map values in memory
+    label: str
+    seed: int
+    source: object  # load.SourceImage
+    run: RunPlan
+    work: object  # PIL image: the working region, at the working size
+    started: float
+    index: int = 0  # a caller's tag (the job it came from)
+
+    def batch_key(self, family) -> tuple:
+        """Jobs with equal keys can share denoiser calls: the same working size, plan and denoiser settings.
+
+        The plan (timesteps, sigmas, thresholds) stands for the model, sampler, steps, strength, schedule
+        and resolution shift; prompts, maps, seeds and outputs are per image.
+        """
+        s, run = self.settings, self.run
+        if type(run.scheduler).__name__ in UNBATCHABLE_SCHEDULERS:
+            return ("alone", id(self))
+        evaluations = tuple((e.timestep, e.sigma, e.threshold, e.denoiser) for e in run.plan.evaluations)
+        return (
+            self.work.size, run.prepared.latent.shape, evaluations, run.plan.schedule, s.guidance_for(family), s.hardness,
+            s.clip_skip, type(run.scheduler).__name__, tuple(sorted(run.scheduler.config.items(), key=str)).__repr__(),
+        )
+
+
+def prepare_edit(
+    model, settings: EditSettings, image_path: str, map_path, reporter: Reporter | None = None, label: str | None = None,
+    caches=None,
+) -> PreparedEdit:
+    """Load the image and the map (the map through `caches`, once per file, shaping and size) and plan the run."""
     from PIL import Image
 
-    from diffdiff_cli.sample.engine import SampleRequest, sample
-    from diffdiff_cli.sample.families import adapter_for
-    from diffdiff_cli.sample.families.sdxl import Refiner
-    from diffdiff_cli.sample.families.text import PromptOptions
+    from diffdiff_cli.caches import RunCaches
 
     reporter = reporter or Reporter(quiet=True)
+    caches = caches if caches is not None else RunCaches()
     started = time.monotonic()
     seed = new_seed() if settings.seed is None else settings.seed
-
     source = load_source(image_path, label)
     family = model.family
-    refiner = Refiner(model.refiner, settings.refiner_start) if model.refiner is not None else None
-    adapter = adapter_for(family.name, model.pipe, settings.guidance_for(family), refiner=refiner)
-    adapter.prompt_options = PromptOptions(clip_skip=settings.clip_skip, warn=reporter.warn)
     for flag, text in (("--prompt", settings.prompt), ("--negative-prompt", settings.negative_prompt)):
         for note in unsupported_syntax(text or ""):
             reporter.warn(f"{flag}: {note}")
     if settings.negative_prompt and not family.negative_prompts:
         reporter.warn(f"{family.label} models ignore --negative-prompt (no classifier-free guidance)")
-    run = plan_with_map(
-        family, model.scheduler_config, adapter.latent_factor, settings, load_map(map_path, settings.map_channel),
-        source.size, seed, refiner_start=settings.refiner_start if refiner else None, map_label=f"--map {map_path}",
-        reporter=reporter, native_side=model.native_size,
+    map_label = f"--map {map_path}" if isinstance(map_path, str) else "--map"
+    shaped = caches.shaped_map(
+        map_path, settings.map_channel, MapShaping.from_settings(settings), source.size, settings.strict_size, map_label
     )
-    prepared, scheduler, timesteps, plan, region = run.prepared, run.scheduler, run.timesteps, run.plan, run.region
+    run = plan_with_map(
+        family, model.scheduler_config, model_latent_factor(model), settings, None, source.size, seed,
+        refiner_start=settings.refiner_start if model.refiner is not None else None, map_label=map_label,
+        reporter=reporter, native_side=model.native_size, shaped=shaped,
+    )
+    work = Image.fromarray(fit_image(source.rgb, run.region))  # the image cut and resized as the map was
+    return PreparedEdit(settings, image_path, map_path, label or image_path, seed, source, run, work, started)
+
+
+def model_latent_factor(model) -> int:
+    """Image pixels per engine latent cell of a loaded model (FLUX.2: 16, the VAE factor x its latent patch)."""
+    return model.pipe.vae_scale_factor * model.family.latent_patch
+
+
+def _adapter_for_group(model, settings: EditSettings, reporter: Reporter):
+    from diffdiff_cli.sample.families import adapter_for
+    from diffdiff_cli.sample.families.sdxl import Refiner
+    from diffdiff_cli.sample.families.text import PromptOptions
+
+    family = model.family
+    refiner = Refiner(model.refiner, settings.refiner_start) if model.refiner is not None else None
+    adapter = adapter_for(family.name, model.pipe, settings.guidance_for(family), refiner=refiner)
+    adapter.prompt_options = PromptOptions(clip_skip=settings.clip_skip, warn=reporter.warn)
+    return adapter
+
+
+def _conditioning(adapter, item: PreparedEdit, caches):
+    """The item's prompt conditioning, encoded once per run for each (prompt, negative prompt, ...)."""
+    s = item.settings
+    size = item.work.size if adapter.prompt_depends_on_size else None
+    key = (type(adapter).__name__, s.prompt, s.negative_prompt or "", getattr(adapter, "guided", None), s.clip_skip, size)
+    return caches.prompt(key, lambda: adapter.encode_prompt(s.prompt, s.negative_prompt, item.work.size))
+
+
+def denoise_edits(model, items: list[PreparedEdit], reporter: Reporter | None = None, caches=None, on_model_input=None) -> list:
+    """Denoise prepared jobs of one batch key together and finish them: one EditResult per item, or the
+    DiffdiffError that failed it. A group that fails as a whole (out of memory, a bad input the denoiser
+    chokes on) is retried image by image, so only the image at fault fails."""
+    from diffdiff_cli.batch import Interrupted
+    from diffdiff_cli.caches import RunCaches
+    from diffdiff_cli.errors import DiffdiffError, RunError
+
+    reporter = reporter or Reporter(quiet=True)
+    caches = caches if caches is not None else RunCaches()
+    if len(items) == 1:
+        try:
+            return _denoise_group(model, items, reporter, caches, on_model_input)
+        except DiffdiffError as e:
+            return [e]
+    try:
+        return _denoise_group(model, items, reporter, caches, on_model_input)
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - retried one by one: each image then fails (or not) on its own
+        reporter.notice(f"a batch of {len(items)} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); retrying image by image")
+        results = []
+        for item in items:
+            try:
+                results.extend(_denoise_group(model, [item], reporter, caches, on_model_input))
+            except DiffdiffError as error:
+                results.append(error)
+            except (Interrupted, KeyboardInterrupt):
+                raise
+            except Exception as error:  # noqa: BLE001
+                results.append(RunError(f"{item.label}: {type(error).__name__}: {error}"))
+        return results
+
+
+def _denoise_group(model, items: list[PreparedEdit], reporter: Reporter, caches, on_model_input) -> list:
+    import numpy as np
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from diffdiff_cli.errors import DiffdiffError
+    from diffdiff_cli.sample.engine import SampleRequest, sample
+
+    first = items[0]
+    adapter = _adapter_for_group(model, first.settings, reporter)
+    with torch.inference_mode():
+        conditionings = [_conditioning(adapter, item, caches) for item in items]
+    signatures = [adapter.conditioning_signature(c) for c in conditionings]
+    if len(set(signatures)) > 1:  # prompts whose embeddings cannot stack (other chunk counts): one batch per kind
+        results = {}
+        for signature in dict.fromkeys(signatures):
+            members = [i for i, s in enumerate(signatures) if s == signature]
+            for i, result in zip(members, _denoise_group(model, [items[i] for i in members], reporter, caches, on_model_input)):
+                results[i] = result
+        return [results[i] for i in range(len(items))]
+
+    run = first.run
+    plan, scheduler = run.plan, run.scheduler
     adapter.use_scheduler(scheduler)
     calls = _record_denoiser_calls(adapter)
-
-    # Fit the job to its working region: the image cut and resized as the map was.
-    work = Image.fromarray(fit_image(source.rgb, region))
-    generator = torch.Generator("cpu").manual_seed(seed)
+    generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
+    chunks = _vae_chunks(len(items), first.work.size)
     with torch.inference_mode():
-        conditioning = adapter.encode_prompt(settings.prompt, settings.negative_prompt, work.size)
-        pixels = adapter.preprocess(work)
-        x0 = adapter.encode_image(pixels, generator)
-        conditioning = adapter.with_reference(conditioning, x0)  # Kontext, FLUX.2: the input is also a reference
-        noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        change = torch.from_numpy(prepared.latent)[None, None].to(x0.device)
-        request = SampleRequest(x0=x0, noise=noise, change=change, conditioning=conditioning, hardness=settings.hardness)
-        with reporter.sampling(f"{label or image_path} [{region.describe()}]", plan, prepared.latent) as progress:
-            latents = sample(adapter, scheduler, timesteps, plan, request, generator, progress, on_model_input)
-        decoded = adapter.decode(latents, generator)
+        # Each image draws from its own generator in the order a run of one does: the VAE posterior sample,
+        # then the noise (diffusers' randn_tensor draws a list of generators one image each).
+        x0 = torch.cat([adapter.encode_image(torch.cat([adapter.preprocess(item.work) for item in items[part]]),
+                                             _generator_arg(generators[part])) for part in chunks])
+        noise = randn_tensor(x0.shape, generator=_generator_arg(generators), device=x0.device, dtype=x0.dtype)
+        # Kontext, FLUX.2: the input is also a reference
+        conds = [adapter.with_reference(c, x0[i : i + 1]) for i, c in enumerate(conditionings)]
+        maps = [item.run.prepared.latent for item in items]
+        change = torch.from_numpy(np.stack(maps))[:, None].to(x0.device)
+        request = SampleRequest(
+            x0=x0, noise=noise, change=change, conditioning=adapter.stack_conditionings(conds),
+            hardness=first.settings.hardness, change_min=float(min(m.min() for m in maps)),
+        )
+        label = first.label if len(items) == 1 else f"{first.label} +{len(items) - 1}"
+        with reporter.sampling(f"{label} [{run.region.describe()}]", plan, run.prepared.latent) as progress:
+            latents = sample(adapter, scheduler, run.timesteps, plan, request, _generator_arg(generators), progress, on_model_input)
+        decoded = torch.cat([adapter.decode(latents[part], _generator_arg(generators[part])) for part in chunks])
+    results = []
+    for i, item in enumerate(items):
+        try:
+            # Stitch back: into the full-size original, through the full-size map.
+            image = stitch_back(item.source, item.run.region, to_uint8(decoded[i : i + 1]), item.run.change, item.settings.paste_back,
+                                item.settings.paste_feather)
+        except DiffdiffError as e:  # NaN or Inf in this image only
+            results.append(e)
+            continue
+        results.append(EditResult(
+            image, item.seed, item.run.plan, x0[i : i + 1], noise[i : i + 1], latents[i : i + 1], item.run.prepared.latent,
+            time.monotonic() - item.started, item.run.region, calls,
+        ))
+    return results
 
-    # Stitch back: into the full-size original, through the full-size map.
-    image = stitch_back(source, region, to_uint8(decoded), run.change, settings.paste_back, settings.paste_feather)
-    return EditResult(image, seed, plan, x0, noise, latents, prepared.latent, time.monotonic() - started, region, calls)
+
+# Images per VAE encode or decode call: as many as make this many working pixels (the VAE's activations at
+# full resolution dominate its memory; 8 images at 512 px, 2 at 1024 px).
+VAE_PIXELS_PER_CALL = 2_100_000
+
+
+def _vae_chunks(count: int, size: tuple[int, int]) -> list[slice]:
+    per_call = max(1, VAE_PIXELS_PER_CALL // (size[0] * size[1]))
+    return [slice(start, start + per_call) for start in range(0, count, per_call)]
+
+
+def _generator_arg(generators: list):
+    """One generator for one image (exactly a run of one), the list for a batch."""
+    return generators[0] if len(generators) == 1 else generators
+
+
+def compute_edit(
+    model, settings: EditSettings, image_path: str, map_path: str, reporter: Reporter | None = None, label: str | None = None,
+    on_model_input=None, caches=None,
+) -> EditResult:
+    """Run one edit in memory. `model` is a LoadedModel; nothing is written. `on_model_input(evaluation,
+    latents)` sees the latent handed to the model at every evaluation (for tests and diagnostics)."""
+    item = prepare_edit(model, settings, image_path, map_path, reporter, label, caches)
+    (result,) = denoise_edits(model, [item], reporter, caches, on_model_input)
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def recorded_settings(model, settings: EditSettings, result: EditResult, image_path: str, map_path: str) -> dict:
@@ -282,17 +446,26 @@ def region_record(region: Region | None, calls: list | None = None) -> dict:
     return record
 
 
+def write_edit(model, item: PreparedEdit, result: EditResult, output_path: str, display_input: str | None = None) -> dict:
+    """Write one finished edit atomically, with its metadata; return the JSON record of the output."""
+    record = recorded_settings(model, item.settings, result, display_input or item.image_path, item.map_path)
+    save_atomically(result.image, output_path, record)
+    return {**record, "output": output_path, "seconds": round(result.seconds, 3)}
+
+
 def edit_file(
-    model, settings: EditSettings, image_path: str, map_path: str, output_path: str, reporter: Reporter, display_input: str | None = None
+    model, settings: EditSettings, image_path: str, map_path: str, output_path: str, reporter: Reporter, display_input: str | None = None,
+    caches=None,
 ) -> dict:
     """Edit one image and write it atomically; return the JSON record of the output.
 
     `display_input` is the name recorded for the input when it was read from elsewhere (stdin).
     """
-    result = compute_edit(model, settings, image_path, map_path, reporter, label=display_input or image_path)
-    record = recorded_settings(model, settings, result, display_input or image_path, map_path)
-    save_atomically(result.image, output_path, record)
-    return {**record, "output": output_path, "seconds": round(result.seconds, 3)}
+    item = prepare_edit(model, settings, image_path, map_path, reporter, display_input or image_path, caches)
+    (result,) = denoise_edits(model, [item], reporter, caches)
+    if isinstance(result, Exception):
+        raise result
+    return write_edit(model, item, result, output_path, display_input)
 
 
 def map_changes_nothing(settings: EditSettings, map_path: str) -> bool:

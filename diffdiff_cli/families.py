@@ -24,6 +24,7 @@ class Family:
     negative_prompts: bool = True  # Flux (guidance-distilled) has no unconditional branch to steer with
     latent_patch: int = 1  # VAE latent cells per engine cell side: FLUX.2 normalises 2x2-patchified latents
     bf16: bool = False  # trained and shipped in bfloat16: fp16 overflows, so GPUs run it in bf16
+    bf16_components: tuple[str, ...] = ()  # components that overflow fp16 in an otherwise fp16 model (SD3's T5)
 
 
 _DISCRETE = ("euler", "euler_a", "heun", "lms", "ddim", "pndm", "unipc", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde", "kdpm2")
@@ -40,11 +41,11 @@ FAMILIES: dict[str, Family] = {
     "sd3": Family(
         "sd3", "Stable Diffusion 3 / 3.5", "StableDiffusion3Img2ImgPipeline",
         ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"), True, 2, ("euler", "heun"), 7.0, 1024,
-        fractional_strength=True,
+        fractional_strength=True, bf16_components=("text_encoder_3",),
     ),
     "flux": Family(
         "flux", "Flux", "FluxImg2ImgPipeline", ("FluxPipeline", "FluxImg2ImgPipeline"), True, 2, ("euler",), 3.5, 1024,
-        fractional_strength=True, sigmas="linspace", negative_prompts=False,
+        fractional_strength=True, sigmas="linspace", negative_prompts=False, bf16=True,
     ),
     "qwen-image": Family(
         "qwen-image", "Qwen-Image", "QwenImageImg2ImgPipeline", ("QwenImagePipeline", "QwenImageImg2ImgPipeline"),

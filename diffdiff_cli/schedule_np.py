@@ -109,7 +109,7 @@ _SOLVER_TYPES = {"UniPCMultistepScheduler": ("bh1", "bh2"), "DPMSolverMultistepS
 KNOWN_FAMILIES = ("sd", "sdxl", "sd3", "flux", "qwen-image", "z-image", "chroma", "flux2-klein", "kontext")
 _FAMILY_FIELDS = {
     "name", "label", "img2img_pipeline", "pipelines", "flow", "patch", "schedulers", "default_guidance",
-    "default_size", "fractional_strength", "sigmas", "mu", "negative_prompts", "latent_patch", "bf16",
+    "default_size", "fractional_strength", "sigmas", "mu", "negative_prompts", "latent_patch", "bf16", "bf16_components",
 }
 
 

@@ -291,7 +291,8 @@ def check_edit(o: dict, reporter) -> CheckedRun:
         **fit_settings(o["fit"], o["context"], o["forced_work_size"]),
     )
     settings.validate()
-    runtime = Runtime(device=o["device"], dtype=o["dtype"], offload=o["offload"], vae_tiling=o["vae_tiling"], no_t5=o["no_t5"])
+    runtime = Runtime(device=o["device"], dtype=o["dtype"], offload=o["offload"], vae_tiling=o["vae_tiling"], no_t5=o["no_t5"],
+                      compile=o.get("compile_", False))
     runtime.validate()
     source_model = resolve_model(o["model"], allow_pickle=o["allow_pickle"])
     refiner_model = None if o["refiner"] is None else resolve_model(o["refiner"], allow_pickle=o["allow_pickle"])

@@ -71,6 +71,7 @@ class Runtime:
     offload: str = "none"  # none | model | sequential
     vae_tiling: bool = False
     no_t5: bool = False  # SD3: drop the T5 encoder to save memory
+    compile: bool = False  # torch.compile the denoiser(s)
 
     def validate(self) -> None:
         for flag, value, choices in (
@@ -235,6 +236,29 @@ def half_precision_for(family: Family, runtime: Runtime, dtype):
     return dtype
 
 
+def component_dtypes(family: Family, runtime: Runtime, dtype) -> dict:
+    """Components that run in another dtype than the rest, as diffusers' own pipelines run them.
+
+    `--dtype auto` in fp16 keeps the components a family declares fp16-unsafe (SD3's T5) in bf16. The VAE
+    stays in the run's dtype: SD 1.x/2.x and SD3 decode in fp16 as diffusers does, and SDXL's VAE
+    (`force_upcast`) is upcast to fp32 only around each encode and decode (the SDXL adapter), as
+    diffusers' SDXL pipelines do, instead of being held in fp32.
+    """
+    import torch
+
+    if runtime.dtype == "auto" and dtype == torch.float16:
+        return {name: torch.bfloat16 for name in family.bf16_components}
+    return {}
+
+
+def compile_denoiser(pipe) -> None:
+    """torch.compile the UNet or transformer in place (the module keeps its type, config and dtype)."""
+    for name in ("unet", "transformer"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.compile()
+
+
 def _from_pretrained(family: Family, where: str, local_only: bool, dtype, runtime: Runtime, **extra):
     import diffusers
 
@@ -246,12 +270,11 @@ def _from_pretrained(family: Family, where: str, local_only: bool, dtype, runtim
     return cls.from_pretrained(where, local_files_only=local_only, dtype=dtype, **extra)
 
 
-def _place(pipe, device, dtype, runtime: Runtime) -> None:
-    import torch
-
+def _place(pipe, family: Family, device, dtype, runtime: Runtime) -> None:
     pipe.set_progress_bar_config(disable=True)
-    if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
-        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16; diffusers upcasts it the same way
+    for name, component_dtype in component_dtypes(family, runtime, dtype).items():
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).to(component_dtype)
     if runtime.vae_tiling:
         pipe.vae.enable_tiling()
     if runtime.offload == "model":
@@ -260,6 +283,8 @@ def _place(pipe, device, dtype, runtime: Runtime) -> None:
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         pipe.to(device)
+    if runtime.compile:
+        compile_denoiser(pipe)
 
 
 def _load_pipeline(source: ModelSource, family: Family, offline: bool, model_config, dtype, runtime: Runtime, **extra):
@@ -318,12 +343,12 @@ def load_model(
         checked = check_extras(extras, configs.family)
     pipe = _load_pipeline(source, configs.family, offline, model_config, dtype, runtime)
     record = checked.apply(pipe, offline, dtype) if checked else {}
-    _place(pipe, device, dtype, runtime)
+    _place(pipe, configs.family, device, dtype, runtime)
     if refiner is not None:
         refiner_pipe = _load_pipeline(refiner, configs.family, offline, None, dtype, runtime, vae=pipe.vae)
         if checked:
             checked.apply_to_refiner(refiner_pipe)
-        _place(refiner_pipe, device, dtype, runtime)
+        _place(refiner_pipe, configs.family, device, dtype, runtime)
     return LoadedModel(source.label, configs.family, pipe, dict(pipe.scheduler.config), refiner_pipe, record, configs.native_size)
 
 

@@ -37,8 +37,9 @@ class SampleRequest:
     x0: torch.Tensor  # clean latent, unpacked (B, C, h, w), already scaled as the denoiser expects
     noise: torch.Tensor  # the run's one noise tensor: the initial latent and every pinned copy use it
     change: torch.Tensor  # (B or 1, 1, h, w) map on the latent grid, in [0, 1]
-    conditioning: object  # whatever the adapter's encode_prompt returned
+    conditioning: object  # whatever the adapter's encode_prompt returned (stacked over the batch)
     hardness: float = 1.0
+    change_min: float | None = None  # the smallest map value, known on the host (None: read it off `change`)
 
 
 def step_kwargs(scheduler, generator: torch.Generator | None, eta: float = 0.0) -> dict:
@@ -71,15 +72,23 @@ def sample(
 ) -> torch.Tensor:
     """Run the masked denoising loop; return the final latent with pinned pixels restored to x0 exactly.
 
-    `on_model_input(evaluation, latents)` sees the (unscaled) latent each evaluation hands the model.
+    The batch is the first dimension of every tensor: each image has its own map, noise and prompt (the
+    adapter stacked the conditionings), all share the plan. `generator` is one CPU generator per image (a
+    list) or one for a single image; stochastic samplers draw each image's noise from its own, so an
+    image's result does not depend on its batch. Nothing in the loop waits on the device: which
+    evaluations pin at all is decided on the host from the plan and `change_min`, and the timesteps go to
+    the device once. `on_model_input(evaluation, latents)` sees the (unscaled) latent each evaluation hands
+    the model.
     """
     x0, noise, change = request.x0, request.noise, request.change.to(request.x0.dtype)
     noising = adapter.noising
-    change_min = float(change.min())  # the one host sync of the run: which evaluations pin at all
+    change_min = request.change_min if request.change_min is not None else float(change.min())
+    timesteps = timesteps.to(x0.device)
     latents = adapter.initial_latent(scheduler, x0, noise, timesteps[:1])
     extra = step_kwargs(scheduler, generator)
     keep = torch.ones_like(change)
     for evaluation, t in zip(plan.evaluations, timesteps):
+        adapter.evaluation = evaluation  # what the adapter may ask on the host (SDXL: base or refiner)
         keep = keep_weights(change, evaluation.threshold, request.hardness)
         pinning = pins_anything(change_min, evaluation.threshold, request.hardness)
         if pinning:

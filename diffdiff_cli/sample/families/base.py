@@ -1,6 +1,9 @@
-"""What every family adapter shares: the VAE round trip, devices and dtypes, the scheduler in use."""
+"""What every family adapter shares: the VAE round trip, devices and dtypes, the scheduler in use, and
+how per-image prompt conditionings stack into one batch."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -15,6 +18,11 @@ class LatentAdapter:
     latent_patch = 1  # VAE latent cells per engine cell side (FLUX.2 works on 2x2-patchified latents)
     posterior_mode = False  # encode with the posterior's mode (Kontext, FLUX.2) instead of a seeded sample
     prompt_options = PromptOptions()  # clip skip and where truncation warnings go; an edit sets its own
+    # Batching: a guided SD/SDXL/SD3 conditioning holds [negative, positive] along dim 0 (2 branches);
+    # the leaves named in `shared_leaves` have no batch dimension (Flux's text/reference position ids).
+    shared_leaves: frozenset = frozenset()
+    prompt_depends_on_size = False  # SDXL's time ids carry the image size
+    evaluation = None  # the plan's Evaluation being run (the engine sets it before each denoiser call)
 
     def __init__(self, pipe, guidance: float):
         self.pipe = pipe
@@ -42,6 +50,23 @@ class LatentAdapter:
     @property
     def denoiser(self):
         return self.pipe.unet if getattr(self.pipe, "unet", None) is not None else self.pipe.transformer
+
+    @property
+    def branches(self) -> int:
+        """Rows per image in the conditioning: 2 when negative and positive share one tensor."""
+        return 2 if getattr(self, "guided", False) and self.cfg_in_batch else 1
+
+    cfg_in_batch = False  # SD, SDXL, SD3: classifier-free guidance as one denoiser call on a doubled batch
+
+    def stack_conditionings(self, conditionings: list):
+        """One conditioning for a batch of images, each image's own prompt in its place (see `stack_tree`)."""
+        if len(conditionings) == 1:
+            return conditionings[0]
+        return stack_tree(conditionings, self.branches, self.shared_leaves)
+
+    def conditioning_signature(self, conditioning) -> tuple:
+        """What must agree for conditionings to stack: every batched leaf's shape past dim 0."""
+        return tree_signature(conditioning, self.shared_leaves)
 
     def use_scheduler(self, scheduler) -> None:
         self.pipe.scheduler = scheduler
@@ -96,3 +121,55 @@ class LatentAdapter:
 def classifier_free_guidance(prediction: torch.Tensor, scale: float) -> torch.Tensor:
     unconditional, conditional = prediction.chunk(2)
     return unconditional + scale * (conditional - unconditional)
+
+
+def _children(node):
+    """(name, child) pairs of a conditioning node: tuple positions or dataclass fields; None for a leaf."""
+    if isinstance(node, tuple):
+        return list(enumerate(node))
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return [(f.name, getattr(node, f.name)) for f in dataclasses.fields(node)]
+    return None
+
+
+def _rebuild(node, values: dict):
+    if isinstance(node, tuple):
+        return tuple(values[i] for i in range(len(node)))
+    return dataclasses.replace(node, **values)
+
+
+def stack_tree(items: list, branches: int, shared: frozenset = frozenset()):
+    """Stack per-image conditionings (tensors, tuples and dataclasses of them, None) along dim 0.
+
+    Each batched tensor leaf holds `branches` rows per image (guided SD: [negative, positive]); the stack is
+    branch-major, [negative_1 .. negative_B, positive_1 .. positive_B], to match the engine's doubled batch
+    `cat([latents] * 2)` and `prediction.chunk(2)`. Leaves named in `shared` are the same for all and kept.
+    """
+    first = items[0]
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        parts = [item.chunk(branches) for item in items]
+        return torch.cat([part[b] for b in range(branches) for part in parts])
+    children = _children(first)
+    if children is None:  # a plain value (a number, a string): the same for every image
+        return first
+    values = {}
+    for name, child in children:
+        if name in shared:
+            values[name] = child
+        else:
+            per_item = [dict(_children(item))[name] for item in items]
+            values[name] = stack_tree(per_item, branches, shared)
+    return _rebuild(first, values)
+
+
+def tree_signature(node, shared: frozenset = frozenset()) -> tuple:
+    if node is None:
+        return (None,)
+    if isinstance(node, torch.Tensor):
+        return (tuple(node.shape[1:]), node.dtype)
+    children = _children(node)
+    if children is None:
+        return (node,)
+    return tuple((name, tree_signature(child) if name not in shared else ("shared",)) for name, child in children)

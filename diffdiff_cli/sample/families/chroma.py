@@ -25,6 +25,7 @@ class ChromaConditioning:
 
 class ChromaAdapter(LatentAdapter):
     patch = 2
+    shared_leaves = frozenset({"text_ids", "negative_text_ids"})  # positions, no batch dimension
 
     def __init__(self, pipe, guidance: float):
         super().__init__(pipe, guidance)

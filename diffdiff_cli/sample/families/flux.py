@@ -18,6 +18,7 @@ T5_TOKENS = 512  # diffusers' max_sequence_length for Flux
 
 class FluxAdapter(LatentAdapter):
     patch = 2
+    shared_leaves = frozenset({2, 4})  # text ids and reference ids: positions, no batch dimension
 
     def __init__(self, pipe, guidance: float):
         super().__init__(pipe, guidance)

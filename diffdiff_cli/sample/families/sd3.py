@@ -11,6 +11,7 @@ T5_TOKENS = 256  # diffusers' max_sequence_length for SD3
 
 
 class StableDiffusion3Adapter(LatentAdapter):
+    cfg_in_batch = True
     @property
     def patch(self) -> int:
         return self.pipe.transformer.config.patch_size
@@ -34,6 +35,7 @@ class StableDiffusion3Adapter(LatentAdapter):
             else:
                 label = "negative prompt" if self.guided and index == 0 else "prompt"
                 t5 = encode_t5(pipe.tokenizer_3, pipe.text_encoder_3, prompts[index], T5_TOKENS, self.device, options.warn, label)
+                t5 = t5.to(clip.dtype)  # a bf16 T5 (--dtype auto) feeds an fp16 transformer
             clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
             embeds.append(torch.cat([clip, t5], dim=-2))
             pooled.append(torch.cat(pooled_parts, dim=-1))

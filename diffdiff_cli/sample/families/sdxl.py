@@ -6,6 +6,7 @@ hand-over timestep and the refiner the rest, so the threshold ramp runs once acr
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,8 @@ class Refiner:
 
 
 class StableDiffusionXLAdapter(LatentAdapter):
+    cfg_in_batch = True
+    prompt_depends_on_size = True
     def __init__(self, pipe, guidance: float, refiner: Refiner | None = None):
         super().__init__(pipe, guidance)
         self.refiner = refiner
@@ -75,6 +78,28 @@ class StableDiffusionXLAdapter(LatentAdapter):
     @property
     def guided(self) -> bool:
         return self.guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
+
+    @contextmanager
+    def _vae_in_fp32(self):
+        """SDXL's VAE overflows in fp16 (`force_upcast`): held in fp16, it runs in fp32 around each encode and
+        decode and goes back after, as diffusers' SDXL pipelines do."""
+        vae = self.pipe.vae
+        if vae.dtype != torch.float16 or not getattr(vae.config, "force_upcast", False):
+            yield
+            return
+        vae.to(torch.float32)
+        try:
+            yield
+        finally:
+            vae.to(torch.float16)
+
+    def encode_image(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        with self._vae_in_fp32():
+            return super().encode_image(pixels.float(), generator)
+
+    def decode(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        with self._vae_in_fp32():
+            return super().decode(latents, generator)
 
     def encode_prompt(self, prompt: str, negative_prompt: str | None, size: tuple[int, int]):
         options = self.prompt_options
@@ -85,7 +110,12 @@ class StableDiffusionXLAdapter(LatentAdapter):
 
     def denoise(self, latents: torch.Tensor, t, conditioning) -> torch.Tensor:
         base, refined = conditioning
-        use_refiner = self.refiner is not None and float(t) < self.refiner.cutoff
+        if self.refiner is None:
+            use_refiner = False
+        elif self.evaluation is not None:  # decided on the host, from the plan (no device sync)
+            use_refiner = self.evaluation.denoiser == "refiner"
+        else:
+            use_refiner = float(t) < self.refiner.cutoff
         unet, cond = (self.refiner.pipe.unet, refined) if use_refiner else (self.pipe.unet, base)
         model_input = torch.cat([latents] * 2) if self.guided else latents
         prediction = unet(

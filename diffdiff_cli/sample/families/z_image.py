@@ -48,6 +48,24 @@ class ZImageAdapter(LatentAdapter):
             return ZImageConditioning(*_padded(positive))
         return ZImageConditioning(*_padded(positive), *_padded(negative))
 
+    def stack_conditionings(self, conditionings: list) -> ZImageConditioning:
+        """Captions of different lengths stack padded: each keeps its own length, so none reads padding."""
+        if len(conditionings) == 1:
+            return conditionings[0]
+
+        def joined(embeds, lengths):
+            if embeds[0] is None:
+                return None, None
+            captions = [e for item, n in zip(embeds, lengths) for e in _unpadded(item, n)]
+            return _padded(captions)
+
+        positive = joined([c.embeds for c in conditionings], [c.lengths for c in conditionings])
+        negative = joined([c.negative_embeds for c in conditionings], [c.negative_lengths for c in conditionings])
+        return ZImageConditioning(*positive, *negative)
+
+    def conditioning_signature(self, conditioning) -> tuple:
+        return (conditioning.negative_embeds is None,)
+
     def initial_latent(self, scheduler, x0, noise, first_timestep):
         return scheduler.scale_noise(x0, first_timestep.repeat(x0.shape[0]), noise)
 
