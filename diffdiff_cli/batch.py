@@ -616,7 +616,7 @@ def run_jobs(
                     flush(max(pending, key=lambda k: len(pending[k])))  # too many waiting: run the fullest group
                 job = None
             job = None
-            while pending:
+            while pending and not ((fail_fast and summary.failed) or summary.stopped):
                 flush(next(iter(pending)))
         except Interrupted:
             summary.interrupted = True
@@ -671,8 +671,12 @@ def run_edit(checked, reporter, report_path: str | None = None, json_out: bool =
         reporter.notice(f"loading model {model_label}")
         if model_label.startswith("tiny-"):
             reporter.notice(f"{model_label} has random weights: it shows the mechanics, not pictures; try --model demo or a real checkpoint (sd15, sdxl, ...)")
-        return load_model(checked.source_model, offline=checked.offline, model_config=checked.model_config, runtime=checked.runtime,
-                          refiner=checked.refiner_model, extras=checked.extras)
+        model = load_model(checked.source_model, offline=checked.offline, model_config=checked.model_config, runtime=checked.runtime,
+                           refiner=checked.refiner_model, extras=checked.extras)
+        if checked.runtime.compile:
+            reporter.notice("--compile: the first denoiser call at each new batch and size compiles (tens of seconds to "
+                            "minutes); the calls after it run faster")
+        return model
 
     report = Report(report_path, to_stdout=json_out)
     try:

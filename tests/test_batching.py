@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import save_map, save_rgb
 from diffdiff_cli.caches import RunCaches
@@ -224,3 +225,17 @@ def test_an_image_that_goes_bad_after_the_check_fails_alone_in_its_group(tmp_pat
     report = {r["input"]: r for r in records(tmp_path / "r.jsonl")}
     assert_grouped_by_size(report, names, names[2])
     assert not (tmp_path / "out" / "p2.png").exists()
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_pixels_and_says_it_warms_up(tmp_path):
+    """`--compile` (torch.compile of the denoiser; ~1 min of compiling on a CPU) changes speed, not pixels."""
+    photo = save_rgb(tmp_path / "p.png", 32, 32, seed=1)
+    save_map(tmp_path / "m.png", np.tile(np.linspace(0, 1, 32), (32, 1)))
+    common = ("edit", photo, "--map", "m.png", "-p", "autumn", "--steps", "2", "--seed", "3", "--fit", "full", "--batch-size", "2")
+    compiled = run(*common, "-o", "c.png", "--compile", cwd=tmp_path)
+    plain = run(*common, "-o", "n.png", cwd=tmp_path)
+    assert compiled.returncode == 0 and plain.returncode == 0, compiled.stderr.decode()
+    assert "--compile" in compiled.stderr.decode() and "--compile" not in plain.stderr.decode()
+    a, b = (np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("c.png", "n.png"))
+    assert np.abs(a - b).max() <= 1

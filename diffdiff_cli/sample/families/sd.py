@@ -10,6 +10,7 @@ from diffdiff_cli.sample.families.text import ClipReader, encode_clip_prompts
 
 class StableDiffusionAdapter(LatentAdapter):
     cfg_in_batch = True
+
     @property
     def guided(self) -> bool:
         return self.guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None

@@ -12,6 +12,7 @@ T5_TOKENS = 256  # diffusers' max_sequence_length for SD3
 
 class StableDiffusion3Adapter(LatentAdapter):
     cfg_in_batch = True
+
     @property
     def patch(self) -> int:
         return self.pipe.transformer.config.patch_size

@@ -71,6 +71,7 @@ class Refiner:
 class StableDiffusionXLAdapter(LatentAdapter):
     cfg_in_batch = True
     prompt_depends_on_size = True
+
     def __init__(self, pipe, guidance: float, refiner: Refiner | None = None):
         super().__init__(pipe, guidance)
         self.refiner = refiner
