@@ -616,7 +616,9 @@ def run_jobs(
                     flush(max(pending, key=lambda k: len(pending[k])))  # too many waiting: run the fullest group
                 job = None
             job = None
-            while pending and not ((fail_fast and summary.failed) or summary.stopped):
+            # Jobs waiting in a group came before the one that stopped the run: they run (as at batch 1, where they
+            # would be done already), unless the disk is full.
+            while pending and not summary.stopped:
                 flush(next(iter(pending)))
         except Interrupted:
             summary.interrupted = True

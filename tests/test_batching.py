@@ -224,7 +224,7 @@ def test_an_image_that_goes_bad_after_the_check_fails_alone_in_its_group(tmp_pat
     assert exit_.value.code == 1
     report = {r["input"]: r for r in records(tmp_path / "r.jsonl")}
     assert_grouped_by_size(report, names, names[2])
-    assert not (tmp_path / "out" / "p2.png").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i}-edited.png" for i in (0, 1, 3, 4)]
 
 
 @pytest.mark.slow
@@ -239,3 +239,29 @@ def test_compile_gives_the_same_pixels_and_says_it_warms_up(tmp_path):
     assert "--compile" in compiled.stderr.decode() and "--compile" not in plain.stderr.decode()
     a, b = (np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("c.png", "n.png"))
     assert np.abs(a - b).max() <= 1
+
+
+def test_fail_fast_still_finishes_the_images_waiting_before_the_failure(tmp_path, monkeypatch):
+    """As at batch 1, where they would already be written: images taken before the failing one are done."""
+    import diffdiff_cli.validate as validate
+    from diffdiff_cli.cli import main
+
+    names = [save_rgb(tmp_path / f"p{i}.png", 32, 32, seed=i) for i in range(4)]
+    save_map(tmp_path / "m.png", np.tile(np.linspace(0, 1, 32), (32, 1)))
+    check_edit = validate.check_edit
+
+    def then_corrupted(options, reporter):
+        checked = check_edit(options, reporter)
+        corrupt(names[2])
+        return checked
+
+    monkeypatch.setattr(validate, "check_edit", then_corrupted)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main(["edit", *names, "--map", "m.png", "-p", "autumn", "--out-dir", "out", "--steps", "2", "--fit", "full",
+              "--batch-size", "4", "--fail-fast", "--report", "r.jsonl"])
+    assert exit_.value.code == 1
+    report = {r["input"]: r["status"] for r in records(tmp_path / "r.jsonl")}
+    assert report == {names[0]: "done", names[1]: "done", names[2]: "failed"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0-edited.png", "p1-edited.png"]
