@@ -183,6 +183,25 @@ def corrupt(path: str) -> None:
     Path(path).write_bytes(data[: len(data) // 2])  # the header reads, the pixels do not
 
 
+def edit_corrupting_after_the_check(folder: Path, monkeypatch, victim: str, args: list) -> int:
+    """`diffdiff edit ARGS` in this process, with `victim` truncated after the check passed; its exit code."""
+    import diffdiff_cli.validate as validate
+    from diffdiff_cli.cli import main
+
+    check_edit = validate.check_edit
+
+    def then_corrupted(options, reporter):
+        checked = check_edit(options, reporter)
+        corrupt(victim)
+        return checked
+
+    monkeypatch.setattr(validate, "check_edit", then_corrupted)
+    monkeypatch.chdir(folder)
+    with pytest.raises(SystemExit) as exit_:
+        main(["edit", *args])
+    return exit_.value.code
+
+
 EDIT_MIXED = ("--map", "{stem}-map.png", "-p", "autumn", "--out-dir", "out", "--steps", "2", "--seed", "3", "--fit", "full",
               "--batch-size", "4", "--report", "r.jsonl")
 
@@ -206,22 +225,8 @@ def test_mixed_sizes_split_into_groups_and_an_invalid_image_is_left_out(tmp_path
 def test_an_image_that_goes_bad_after_the_check_fails_alone_in_its_group(tmp_path, monkeypatch):
     """A file replaced between the check and its turn (a shared disk, a sync job) fails at run time: its
     group goes on without it."""
-    import diffdiff_cli.validate as validate
-    from diffdiff_cli.cli import main
-
     names = mixed_sizes(tmp_path)
-    check_edit = validate.check_edit
-
-    def then_corrupted(options, reporter):
-        checked = check_edit(options, reporter)
-        corrupt(names[2])
-        return checked
-
-    monkeypatch.setattr(validate, "check_edit", then_corrupted)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_:
-        main(["edit", *names, *EDIT_MIXED])
-    assert exit_.value.code == 1
+    assert edit_corrupting_after_the_check(tmp_path, monkeypatch, names[2], [*names, *EDIT_MIXED]) == 1
     report = {r["input"]: r for r in records(tmp_path / "r.jsonl")}
     assert_grouped_by_size(report, names, names[2])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i}-edited.png" for i in (0, 1, 3, 4)]
@@ -243,25 +248,12 @@ def test_compile_gives_the_same_pixels_and_says_it_warms_up(tmp_path):
 
 def test_fail_fast_still_finishes_the_images_waiting_before_the_failure(tmp_path, monkeypatch):
     """As at batch 1, where they would already be written: images taken before the failing one are done."""
-    import diffdiff_cli.validate as validate
-    from diffdiff_cli.cli import main
-
     names = [save_rgb(tmp_path / f"p{i}.png", 32, 32, seed=i) for i in range(4)]
     save_map(tmp_path / "m.png", np.tile(np.linspace(0, 1, 32), (32, 1)))
-    check_edit = validate.check_edit
-
-    def then_corrupted(options, reporter):
-        checked = check_edit(options, reporter)
-        corrupt(names[2])
-        return checked
-
-    monkeypatch.setattr(validate, "check_edit", then_corrupted)
-    monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()
-    with pytest.raises(SystemExit) as exit_:
-        main(["edit", *names, "--map", "m.png", "-p", "autumn", "--out-dir", "out", "--steps", "2", "--fit", "full",
-              "--batch-size", "4", "--fail-fast", "--report", "r.jsonl"])
-    assert exit_.value.code == 1
+    args = [*names, "--map", "m.png", "-p", "autumn", "--out-dir", "out", "--steps", "2", "--fit", "full", "--batch-size", "4",
+            "--fail-fast", "--report", "r.jsonl"]
+    assert edit_corrupting_after_the_check(tmp_path, monkeypatch, names[2], args) == 1
     report = {r["input"]: r["status"] for r in records(tmp_path / "r.jsonl")}
     assert report == {names[0]: "done", names[1]: "done", names[2]: "failed"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0-edited.png", "p1-edited.png"]
