@@ -283,36 +283,22 @@ def _conditioning(adapter, item: PreparedEdit, caches):
 
 def denoise_edits(model, items: list[PreparedEdit], reporter: Reporter | None = None, caches=None, on_model_input=None) -> list:
     """Denoise prepared jobs of one batch key together and finish them: one EditResult per item, or the
-    DiffdiffError that failed it. A group that fails as a whole (out of memory, a bad input the denoiser
-    chokes on) is retried image by image, so only the image at fault fails."""
+    exception that failed it (each image's failure is that image's). A group that fails as a whole (out of
+    memory, a bad input the denoiser chokes on) is retried image by image, so only the image at fault fails."""
     from diffdiff_cli.batch import Interrupted
     from diffdiff_cli.caches import RunCaches
-    from diffdiff_cli.errors import DiffdiffError, RunError
 
     reporter = reporter or Reporter(quiet=True)
     caches = caches if caches is not None else RunCaches()
-    if len(items) == 1:
-        try:
-            return _denoise_group(model, items, reporter, caches, on_model_input)
-        except DiffdiffError as e:
-            return [e]
     try:
         return _denoise_group(model, items, reporter, caches, on_model_input)
     except (Interrupted, KeyboardInterrupt):
         raise
-    except Exception as e:  # noqa: BLE001 - retried one by one: each image then fails (or not) on its own
+    except Exception as e:  # noqa: BLE001 - returned as this image's failure, or retried one by one
+        if len(items) == 1:
+            return [e]
         reporter.notice(f"a batch of {len(items)} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); retrying image by image")
-        results = []
-        for item in items:
-            try:
-                results.extend(_denoise_group(model, [item], reporter, caches, on_model_input))
-            except DiffdiffError as error:
-                results.append(error)
-            except (Interrupted, KeyboardInterrupt):
-                raise
-            except Exception as error:  # noqa: BLE001
-                results.append(RunError(f"{item.label}: {type(error).__name__}: {error}"))
-        return results
+        return [result for item in items for result in denoise_edits(model, [item], reporter, caches, on_model_input)]
 
 
 def _denoise_group(model, items: list[PreparedEdit], reporter: Reporter, caches, on_model_input) -> list:

@@ -257,3 +257,31 @@ def test_fail_fast_still_finishes_the_images_waiting_before_the_failure(tmp_path
     report = {r["input"]: r["status"] for r in records(tmp_path / "r.jsonl")}
     assert report == {names[0]: "done", names[1]: "done", names[2]: "failed"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0-edited.png", "p1-edited.png"]
+
+
+def test_a_denoiser_error_at_batch_1_fails_that_image_and_the_run_goes_on(tmp_path, monkeypatch):
+    """Not only the library's own errors: any exception in an image's denoising is that image's failure."""
+    from diffdiff_cli.cli import main
+    from diffdiff_cli.sample.families.sd import StableDiffusionAdapter
+
+    denoise = StableDiffusionAdapter.denoise
+    poisoned = {"first": True}
+
+    def fails_once(self, latents, t, embeddings):
+        if poisoned.pop("first", False):
+            raise RuntimeError("simulated device error")
+        return denoise(self, latents, t, embeddings)
+
+    monkeypatch.setattr(StableDiffusionAdapter, "denoise", fails_once)
+    names = [save_rgb(tmp_path / f"p{i}.png", 32, 32, seed=i) for i in range(2)]
+    save_map(tmp_path / "m.png", np.tile(np.linspace(0, 1, 32), (32, 1)))
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["edit", *names, "--map", "m.png", "-p", "autumn", "--out-dir", "out", "--steps", "2", "--fit", "full",
+              "--batch-size", "1", "--report", "r.jsonl"])
+    assert exit_.value.code == 1
+    report = {r["input"]: r for r in records(tmp_path / "r.jsonl")}
+    assert report[names[0]]["status"] == "failed" and "simulated device error" in report[names[0]]["error"]
+    assert report[names[1]]["status"] == "done"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p1-edited.png"]
