@@ -515,8 +515,7 @@ def run_jobs(
     calls (edit.denoise_edits). `caches` (caches.RunCaches) keeps maps and prompt embeddings across the run.
     """
     from diffdiff_cli.caches import RunCaches
-    from diffdiff_cli.edit import denoise_edits, prepare_edit, write_edit, write_unchanged
-    from diffdiff_cli.prepare_map import MapShaping, changes_nothing
+    from diffdiff_cli.edit import denoise_edits, map_changes_nothing, prepare_edit, write_edit, write_unchanged
 
     caches = caches if caches is not None else RunCaches()
     batch_size = parse_batch_size(batch_size)
@@ -535,13 +534,6 @@ def run_jobs(
             report.add(job_record(job, summary.model_loads))
         else:
             todo.append(job)
-
-    def unchanged(job) -> bool:
-        """The job's shaped map is 0 everywhere (checked before any model loads); False when unreadable."""
-        try:
-            return changes_nothing(caches.raw_map(job.map, base_settings.map_channel), MapShaping.from_settings(base_settings))
-        except DiffdiffError:
-            return False
 
     pending: dict = {}  # batch key -> [(job, prepared edit)], in the order they came
     limits: dict = {}
@@ -588,7 +580,7 @@ def run_jobs(
             for job in todo:
                 if (fail_fast and summary.failed) or summary.stopped:
                     break
-                nothing = job.unchanged if job.unchanged is not None else unchanged(job)  # an all-black map needs no model
+                nothing = job.unchanged if job.unchanged is not None else map_changes_nothing(base_settings, job.map, caches)
                 if model is None and not nothing:
                     model = load()
                     summary.model_loads += 1

@@ -439,28 +439,14 @@ def write_edit(model, item: PreparedEdit, result: EditResult, output_path: str, 
     return {**record, "output": output_path, "seconds": round(result.seconds, 3)}
 
 
-def edit_file(
-    model, settings: EditSettings, image_path: str, map_path: str, output_path: str, reporter: Reporter, display_input: str | None = None,
-    caches=None,
-) -> dict:
-    """Edit one image and write it atomically; return the JSON record of the output.
-
-    `display_input` is the name recorded for the input when it was read from elsewhere (stdin).
-    """
-    item = prepare_edit(model, settings, image_path, map_path, reporter, display_input or image_path, caches)
-    (result,) = denoise_edits(model, [item], reporter, caches)
-    if isinstance(result, Exception):
-        raise result
-    return write_edit(model, item, result, output_path, display_input)
-
-
-def map_changes_nothing(settings: EditSettings, map_path: str) -> bool:
+def map_changes_nothing(settings: EditSettings, map_path: str, caches=None) -> bool:
     """True when the job's shaped map is 0 everywhere (checked before any model loads); False when the
-    map cannot be read, so that the edit reports that."""
+    map cannot be read, so that the edit reports that. With `caches`, the map is read through them."""
     from diffdiff_cli.errors import DiffdiffError
 
     try:
-        return changes_nothing(load_map(map_path, settings.map_channel), MapShaping.from_settings(settings))
+        raw = caches.raw_map(map_path, settings.map_channel) if caches is not None else load_map(map_path, settings.map_channel)
+        return changes_nothing(raw, MapShaping.from_settings(settings))
     except DiffdiffError:
         return False
 
