@@ -24,49 +24,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from run import _diffusers_list, _edit_list, write_inputs  # noqa: E402
+from run import _diffusers_list, _edit_list, real_pipeline, write_inputs  # noqa: E402
 
 
-def real_pipeline(kind: str, device: str, dtype):
-    """A real-size pipeline with random weights from the shipped configs (no download), on `device` in `dtype`:
-    sd15 (UNet 860M, CLIP-L) or sdxl (UNet 2.6B, CLIP-L + OpenCLIP-bigG). Tokenizers are the built-ins' (the
-    real CLIP vocabulary). Weights are initialised on the device itself (seconds, not minutes)."""
-    import torch
-    from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from diffdiff_cli.families import FAMILIES
-    from diffdiff_cli.models.builtin import builtin_folder
-    from diffdiff_cli.models.load import LoadedModel
-    from diffdiff_cli.schedulers import make_scheduler
-
-    configs = ROOT / "diffdiff_cli" / "models" / "configs" / kind
-    scheduler_config = json.loads((configs / "scheduler" / "scheduler_config.json").read_text())
-    torch.manual_seed(0)
-    with torch.device(device):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
-        text_2 = None
-        if kind == "sdxl":
-            text_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(configs / "text_encoder_2"))
-    common = dict(vae=vae, text_encoder=text, unet=unet, scheduler=make_scheduler(scheduler_config, None))
-    if kind == "sd15":
-        tiny = StableDiffusionImg2ImgPipeline.from_pretrained(builtin_folder("tiny-sd15"), local_files_only=True)
-        pipe = StableDiffusionImg2ImgPipeline(tokenizer=tiny.tokenizer, safety_checker=None, feature_extractor=None,
-                                              requires_safety_checker=False, **common)
-        family = FAMILIES["sd"]
-    else:
-        tiny = StableDiffusionXLImg2ImgPipeline.from_pretrained(builtin_folder("tiny-sdxl"), local_files_only=True)
-        pipe = StableDiffusionXLImg2ImgPipeline(tokenizer=tiny.tokenizer, tokenizer_2=tiny.tokenizer_2, text_encoder_2=text_2,
-                                                requires_aesthetics_score=False, force_zeros_for_empty_prompt=True, **common)
-        family = FAMILIES["sdxl"]
-    pipe.to(device, dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(f"real-size {kind} (random weights)", family, pipe, dict(pipe.scheduler.config))
-
-
-def tiny_model(name: str, dtype):
+def tiny_model(name: str):
     from diffdiff_cli.models.load import Runtime, load_model
     from diffdiff_cli.models.registry import resolve_model
 
@@ -134,7 +95,7 @@ def main() -> None:
                 models.clear()  # one model in memory at a time
                 if device == "cuda":
                     torch.cuda.empty_cache()
-                models[key] = tiny_model(name, dtype) if args.quick else real_pipeline(name, device, dtype)
+                models[key] = tiny_model(name) if args.quick else real_pipeline(name, device, dtype)
                 if compiled:
                     compile_denoiser(models[key].pipe)
             model = models[key]

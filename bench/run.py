@@ -457,32 +457,43 @@ def throughput(folder: Path, repeats: int, batches=(1, 2, 4, 8)) -> list[dict]:
     return rows
 
 
-def real_sd15(dtype=None, device="cpu"):
-    """A real-size SD 1.5 pipeline with random weights, built from the shipped configs (no download): UNet,
-    VAE and CLIP text encoder at their real sizes, the built-in tokenizer (the real CLIP vocabulary)."""
+def real_pipeline(kind: str, device: str, dtype):
+    """A real-size pipeline with random weights from the shipped configs (no download), on `device` in `dtype`:
+    sd15 (UNet 860M, CLIP-L) or sdxl (UNet 2.6B, CLIP-L + OpenCLIP-bigG). Tokenizers are the built-ins' (the
+    real CLIP vocabulary). Weights are initialised on the device itself (seconds, not minutes)."""
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from diffdiff_cli.families import FAMILIES
     from diffdiff_cli.models.builtin import builtin_folder
     from diffdiff_cli.models.load import LoadedModel
     from diffdiff_cli.schedulers import make_scheduler
 
-    configs = ROOT / "diffdiff_cli" / "models" / "configs" / "sd15"
-    dtype = dtype or torch.float32
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))
-    text = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
-    tiny = StableDiffusionImg2ImgPipeline.from_pretrained(builtin_folder("tiny-sd15"), local_files_only=True)
+    configs = ROOT / "diffdiff_cli" / "models" / "configs" / kind
     scheduler_config = json.loads((configs / "scheduler" / "scheduler_config.json").read_text())
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tiny.tokenizer, unet=unet,
-                                          scheduler=make_scheduler(scheduler_config, None), safety_checker=None,
-                                          feature_extractor=None, requires_safety_checker=False)
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
+        text_2 = None
+        if kind == "sdxl":
+            text_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(configs / "text_encoder_2"))
+    common = dict(vae=vae, text_encoder=text, unet=unet, scheduler=make_scheduler(scheduler_config, None))
+    if kind == "sd15":
+        tiny = StableDiffusionImg2ImgPipeline.from_pretrained(builtin_folder("tiny-sd15"), local_files_only=True)
+        pipe = StableDiffusionImg2ImgPipeline(tokenizer=tiny.tokenizer, safety_checker=None, feature_extractor=None,
+                                              requires_safety_checker=False, **common)
+        family = FAMILIES["sd"]
+    else:
+        tiny = StableDiffusionXLImg2ImgPipeline.from_pretrained(builtin_folder("tiny-sdxl"), local_files_only=True)
+        pipe = StableDiffusionXLImg2ImgPipeline(tokenizer=tiny.tokenizer, tokenizer_2=tiny.tokenizer_2, text_encoder_2=text_2,
+                                                requires_aesthetics_score=False, force_zeros_for_empty_prompt=True, **common)
+        family = FAMILIES["sdxl"]
     pipe.to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedModel("real-size sd15 (random weights)", FAMILIES["sd"], pipe, dict(pipe.scheduler.config))
+    return LoadedModel(f"real-size {kind} (random weights)", family, pipe, dict(pipe.scheduler.config))
 
 
 def throughput_real(folder: Path, repeats: int) -> list[dict]:
@@ -490,7 +501,9 @@ def throughput_real(folder: Path, repeats: int) -> list[dict]:
     image, and diffusers given the list of 4. Minutes on a CPU."""
     from diffdiff_cli.edit import EditSettings
 
-    model = real_sd15()
+    import torch
+
+    model = real_pipeline("sd15", "cpu", torch.float32)
     photos, gradient = write_inputs(folder, 512, count=4)
     settings = EditSettings(prompt="a stormy sky", steps=3, seed=1, scheduler="euler", fit="full")
     repeats = max(1, min(repeats, 2))
